@@ -1,0 +1,57 @@
+"""Profiles: validation with messages naming the key, overrides, hashes, recorded config."""
+
+import json
+
+import pytest
+
+from yume.config import ConfigError, config_hash, load_profile, record_config, stage_hash
+
+
+@pytest.mark.parametrize("name", ["tiny", "yume15"])
+def test_embedded_profiles_load(name):
+    profile = load_profile(name)
+    assert profile.name == name
+    assert profile.actions.mode == "robust"
+
+
+def test_unknown_key_is_rejected_with_its_name(tmp_path):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("name: x\nworkdir: w\nactions:\n  mode: robust\n  strid: 2\n")
+    with pytest.raises(ConfigError, match=r"actions\.strid"):
+        load_profile(str(bad))
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [("actions.mode=fast", "actions.mode"), ("actions.stride=0", "actions.stride"),
+     ("curate_real.shard_size=-3", "curate_real.shard_size"), ("bogus.key=1", "bogus")],
+)
+def test_bad_values_are_rejected_with_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_profile("tiny", overrides=[override])
+
+
+def test_unknown_profile_and_missing_file():
+    with pytest.raises(ConfigError, match="unknown profile"):
+        load_profile("huge")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_profile("/nonexistent/p.yaml")
+
+
+def test_overrides_and_hashes(tmp_path):
+    base = load_profile("tiny", workdir=tmp_path / "a")
+    moved = load_profile("tiny", workdir=tmp_path / "b")
+    assert config_hash(base) == config_hash(moved)  # the work directory is not part of the hash
+    changed = load_profile("tiny", overrides=["actions.mode=yume"])
+    assert changed.actions.mode == "yume"
+    assert config_hash(changed) != config_hash(base)
+    assert stage_hash(changed, "actions") != stage_hash(base, "actions")
+    assert stage_hash(changed, "curate_real") == stage_hash(base, "curate_real")
+
+
+def test_resolved_config_is_recorded(tmp_path):
+    profile = load_profile("tiny", workdir=tmp_path)
+    h = record_config(profile, tmp_path / "rec")
+    saved = json.loads((tmp_path / "rec" / "config.resolved.json").read_text())
+    assert saved["config_hash"] == h == config_hash(profile)
+    assert saved["profile"]["actions"]["min_segment_frames"] == 33

@@ -1,0 +1,204 @@
+"""The `yume` command line. Subcommands import their modules lazily so that `yume --help` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("yume")
+
+
+def _add_profile_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="tiny", help="embedded profile name (tiny, yume15) or a .yaml path")
+    p.add_argument("--workdir", default=None, help="work directory (overrides the profile's)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set actions.mode=yume (repeatable)")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from yume.flows.retrain import retrain
+
+    summary = retrain(profile=args.profile, workdir=args.workdir, overrides=args.overrides)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_flow(args: argparse.Namespace) -> int:
+    from yume.flows import STAGE_FLOWS
+
+    flow_fn = STAGE_FLOWS[args.stage]
+    result = flow_fn(profile=args.profile, workdir=args.workdir, overrides=args.overrides)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def cmd_render_worlds(args: argparse.Namespace) -> int:
+    from yume.config import load_profile
+    from yume.datasets.procedural import write_sekai_dataset
+
+    profile = load_profile(args.profile, args.workdir, args.overrides)
+    if profile.world is None:
+        print(f"profile {profile.name!r} has no `world` section", file=sys.stderr)
+        return 2
+    out = write_sekai_dataset(Path(args.out), profile.world)
+    print(out)
+    return 0
+
+
+def cmd_actions(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from yume.datasets.sekai import load_camera
+    from yume.tasks.actions import ActionConfig, trajectory_to_actions
+
+    c2w, _ = load_camera(Path(args.path))
+    cfg = ActionConfig(mode=args.mode, stride=args.stride, min_segment_frames=args.min_frames)
+    labels = trajectory_to_actions(c2w, cfg, fps=args.fps)
+    if args.json:
+        out = {
+            "frames": [{"frame": i, "keys": k, "mouse": m} for i, (k, m) in enumerate(zip(labels.keys, labels.mouse))],
+            "segments": [
+                {"start": s.start, "end": s.end, "keys": s.keys, "mouse": s.mouse, "text": s.text,
+                 "speed": s.speed, "distance": s.distance, "turn_rate_deg": s.turn_rate_deg,
+                 "view_rotation_deg": s.view_rotation_deg}
+                for s in labels.segments
+            ],
+        }
+        sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+        return 0
+    joint = np.char.add(np.char.add(labels.keys.astype(str), " "), labels.mouse.astype(str))
+    values, counts = np.unique(joint, return_counts=True)
+    print(f"{len(labels.keys)} transitions, mode={args.mode}, stride={args.stride}")
+    for v, c in sorted(zip(values, counts), key=lambda x: -x[1]):
+        print(f"  {v:10s} {c:7d} frames")
+    print(f"{len(labels.segments)} segments of >= {args.min_frames} frames:")
+    for s in labels.segments:
+        print(f"  [{s.start:6d}, {s.end:6d})  {s.keys:5s} {s.mouse:3s} {s.speed:.4f} u/s  {s.text}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "actions":
+        from yume.tasks.bench_actions import main as bench
+    elif args.what == "tscm":
+        from yume.models.bench_tscm import main as bench
+    else:  # pragma: no cover - argparse restricts choices
+        raise ValueError(args.what)
+    return bench(args.rest + (["--json"] if args.json else []))
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    from yume.datasets.manifest import ManifestError, summarize_manifest, validate_manifest
+
+    path = Path(args.path)
+    if args.action == "validate":
+        problems = validate_manifest(path)
+        if problems:
+            for p in problems:
+                print(f"INVALID: {p}", file=sys.stderr)
+            return 1
+        print(f"OK: {path} is a valid manifest")
+        return 0
+    try:
+        summary = summarize_manifest(path)
+    except ManifestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False, indent=1))
+    else:
+        _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{summary['path']}[/]: kind={summary['kind']} schema v{summary['schema_version']}, "
+                  f"{summary['shards']} shards, {summary['rows']} rows")
+    for key, counts in summary.items():
+        if isinstance(counts, dict) and counts:
+            table = Table(title=key)
+            table.add_column("value")
+            table.add_column("rows", justify="right")
+            for value, n in counts.items():
+                table.add_row(str(value), str(n))
+            console.print(table)
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    from yume.models.info import main as info
+
+    return info([args.profile])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="yume", description="Yume-1.5 curation and training pipeline")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="run the whole DAG (tiny profile by default)")
+    _add_profile_args(p)
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("flow", help="run one stage flow")
+    p.add_argument("stage", choices=["curate_real"])
+    _add_profile_args(p)
+    p.set_defaults(fn=cmd_flow)
+
+    p = sub.add_parser("render-worlds", help="write procedural Sekai-format worlds")
+    p.add_argument("out")
+    _add_profile_args(p)
+    p.set_defaults(fn=cmd_render_worlds)
+
+    p = sub.add_parser("actions", help="camera trajectory (.npz/.npy) -> keyboard/mouse labels")
+    p.add_argument("path")
+    p.add_argument("--mode", choices=["robust", "yume"], default="robust")
+    p.add_argument("--stride", type=int, default=1)
+    p.add_argument("--min-frames", type=int, default=33, help="minimum segment length (transitions)")
+    p.add_argument("--fps", type=float, default=30.0)
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(fn=cmd_actions)
+
+    p = sub.add_parser("bench", help="benchmarks that print figures")
+    p.add_argument("what", choices=["actions", "tscm"])
+    p.add_argument("--json", action="store_true")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("manifest", help="inspect Parquet manifests")
+    p.add_argument("action", choices=["show", "validate"])
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_manifest)
+
+    p = sub.add_parser("model", help="world model utilities")
+    p.add_argument("action", choices=["info"])
+    p.add_argument("profile")
+    p.set_defaults(fn=cmd_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Logs go to stderr so that --json output on stdout stays machine-readable.
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from yume.config import ConfigError
+    from yume.datasets.manifest import ManifestError
+    from yume.tasks.actions import TrajectoryError
+
+    try:
+        return args.fn(args)
+    except (ConfigError, TrajectoryError, ManifestError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
