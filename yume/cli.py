@@ -191,11 +191,12 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from yume.config import ConfigError
     from yume.datasets.manifest import ManifestError
+    from yume.datasets.sekai import SekaiError
     from yume.tasks.actions import TrajectoryError
 
     try:
         return args.fn(args)
-    except (ConfigError, TrajectoryError, ManifestError) as e:
+    except (ConfigError, TrajectoryError, ManifestError, SekaiError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
