@@ -1,0 +1,80 @@
+"""The `yume` command line as a user runs it (subprocess, real entry point)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from yume.datasets.trajectory import TrajectoryConfig, scripted_trajectory
+from yume.tasks.action_text import KEY_LABELS, MOUSE_LABELS
+
+YUME = [str(Path(sys.executable).parent / "yume")]
+
+
+def run(*args, check=True, **kw):
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    proc = subprocess.run(YUME + list(args), capture_output=True, text=True, env=env, timeout=1200, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"yume {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture
+def trajectory_files(tmp_path):
+    tr = scripted_trajectory(300, np.random.default_rng(5), TrajectoryConfig())
+    np.savez(tmp_path / "cam.npz", extrinsic=tr.c2w, intrinsic=np.eye(3))
+    np.save(tmp_path / "cam.npy", tr.c2w)
+    return tmp_path, tr
+
+
+@pytest.mark.parametrize("suffix", ["npz", "npy"])
+@pytest.mark.parametrize("mode, stride", [("robust", 1), ("yume", 1), ("yume", 3)])
+def test_actions_json_is_one_object_on_stdout(trajectory_files, suffix, mode, stride):
+    d, tr = trajectory_files
+    proc = run("actions", str(d / f"cam.{suffix}"), "--mode", mode, "--stride", str(stride), "--json")
+    out = json.loads(proc.stdout)  # the whole of stdout is one JSON object
+    assert proc.stdout.count("\n") == 1
+    assert [f["frame"] for f in out["frames"]] == list(range(len(tr.c2w) - 1))
+    assert {f["keys"] for f in out["frames"]} <= set(KEY_LABELS)
+    assert {f["mouse"] for f in out["frames"]} <= set(MOUSE_LABELS)
+    for seg in out["segments"]:
+        assert seg["end"] - seg["start"] >= 33
+        assert {"start", "end", "keys", "mouse", "text"} <= set(seg)
+        frames = out["frames"][seg["start"] : seg["end"]]
+        assert {(f["keys"], f["mouse"]) for f in frames} == {(seg["keys"], seg["mouse"])}
+
+
+def test_actions_bad_file_fails_cleanly(tmp_path):
+    np.save(tmp_path / "bad.npy", np.zeros((10, 3, 4)))
+    proc = run("actions", str(tmp_path / "bad.npy"), "--json", check=False)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert "error:" in proc.stderr
+
+
+def test_bench_actions_prints_one_json_line():
+    proc = run("bench", "actions", "--json", "--frames", "200000", "--repeats", "1")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["frames_per_second"] > 0 and result["frames"] == 200000
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    work = tmp_path / "demo"
+    proc = run("demo", "--workdir", str(work))
+    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert summary["stages"]["curate_real"]["segments_ok"] > 0
+    manifest = work / "manifests" / "real"
+    assert run("manifest", "validate", str(manifest)).returncode == 0
+    shown = json.loads(run("manifest", "show", str(manifest), "--json").stdout)
+    assert shown["kind"] == "real" and shown["schema_version"] == 1
+    assert (work / "reports" / "curate_real" / "metrics.json").is_file()
+    assert (work / "config.resolved.json").is_file()
+    # Tamper with a shard: validate must now fail.
+    part = next(manifest.glob("part-*.parquet"))
+    part.write_bytes(part.read_bytes()[:-20])
+    assert run("manifest", "validate", str(manifest), check=False).returncode == 1
