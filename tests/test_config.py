@@ -55,3 +55,20 @@ def test_resolved_config_is_recorded(tmp_path):
     saved = json.loads((tmp_path / "rec" / "config.resolved.json").read_text())
     assert saved["config_hash"] == h == config_hash(profile)
     assert saved["profile"]["actions"]["min_segment_frames"] == 33
+
+
+def test_model_section_expands_its_preset_and_takes_overrides():
+    from yume.models.config import tiny_model_config
+
+    assert load_profile("tiny").model == tiny_model_config()
+    p = load_profile("tiny", overrides=["model.dit.num_layers=2", "model.tscm.enabled=false"])
+    assert p.model.dit.num_layers == 2 and not p.model.tscm.enabled
+    assert p.model.dit.ffn_dim == tiny_model_config().dit.ffn_dim
+    assert load_profile("yume15").model.dit.num_layers == 30
+
+
+def test_unknown_model_preset_and_key_are_named():
+    with pytest.raises(ConfigError, match="model.preset"):
+        load_profile("tiny", overrides=["model.preset=huge"])
+    with pytest.raises(ConfigError, match="model.dit.num_layerz"):
+        load_profile("tiny", overrides=["model.dit.num_layerz=2"])

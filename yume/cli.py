@@ -134,7 +134,7 @@ def _print_summary(summary: dict) -> None:
 def cmd_model(args: argparse.Namespace) -> int:
     from yume.models.info import main as info
 
-    return info([args.profile])
+    return info([args.profile] + (["--json"] if args.json else []))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("model", help="world model utilities")
     p.add_argument("action", choices=["info"])
-    p.add_argument("profile")
+    p.add_argument("profile", help="profile name (tiny, yume15) or .yaml path")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(fn=cmd_model)
     return parser
 

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from yume.datasets.procedural import ProceduralWorldConfig
+from yume.models.config import MODEL_CONFIGS, ModelConfig
 from yume.tasks.actions import ActionConfig
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
@@ -60,6 +61,9 @@ class Profile(StrictModel):
     actions: ActionConfig = ActionConfig()
     curate_real: CurateRealConfig = CurateRealConfig()
     prefect: PrefectConfig = PrefectConfig()
+    model: ModelConfig | None = Field(
+        None, description="the world model; in YAML `preset: tiny|yume15` plus any keys that override it"
+    )
 
     @property
     def workdir_path(self) -> Path:
@@ -133,12 +137,32 @@ def load_profile(name_or_path: str = "tiny", workdir: str | Path | None = None, 
         raise ConfigError(f"profile {path} must be a mapping at the top level")
     for assignment in overrides:
         _apply_override(data, assignment)
+    _expand_model_preset(data)
     if workdir is not None:
         data["workdir"] = str(workdir)
     try:
         return Profile.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_error(e, str(path))) from None
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _expand_model_preset(data: dict) -> None:
+    """``model: {preset: NAME, ...}`` -> the preset's full config with the other keys merged over it."""
+    model = data.get("model")
+    if not isinstance(model, dict) or "preset" not in model:
+        return
+    rest = dict(model)
+    name = rest.pop("preset")
+    if name not in MODEL_CONFIGS:
+        raise ConfigError(f"model.preset: unknown model preset {name!r}; known: {sorted(MODEL_CONFIGS)}")
+    data["model"] = _deep_merge(MODEL_CONFIGS[name]().model_dump(mode="json"), rest)
 
 
 def record_config(profile: Profile, directory: Path) -> str:
