@@ -64,7 +64,7 @@ class ProceduralWorldConfig(BaseModel):
     height: int = Field(64, ge=16, le=1080, description="pixels; even (H.264 yuv420p)")
     width: int = Field(64, ge=16, le=1920, description="pixels; even (H.264 yuv420p)")
     fps: int = Field(30, ge=1)
-    frames_per_clip: int = Field(240, ge=34, description="frames per clip (Sekai: 1800)")
+    frames_per_clip: int = Field(240, ge=2, description="frames per clip (Sekai: 1800)")
     fov_deg: float = Field(70.0, gt=10, lt=150, description="horizontal field of view")
     world_scale: float = Field(20.0, gt=0, description="metres per normalised trajectory unit")
     camera_height: float = Field(1.6, gt=0, description="metres above the ground")
@@ -73,8 +73,11 @@ class ProceduralWorldConfig(BaseModel):
     haze_distance: float = Field(90.0, gt=0, description="metres; aerial perspective e-folding distance")
     event_probability: float = Field(0.75, ge=0, le=1)
     events: list[EventKind] = Field(default_factory=lambda: list(EVENT_KINDS))
+    supersample: int = Field(
+        2, ge=1, le=4, description="rays per pixel side; averaged (anti-aliasing: no flicker of thin lines)"
+    )
     lens_blur_sigma: float = Field(
-        0.6, ge=0, description="pixels; a camera's optical blur, so edges are not aliased as no real video's are"
+        0.5, ge=0, description="pixels; a camera's optical blur, so edges are not aliased as no real video's are"
     )
     crf: int = Field(18, ge=0, le=51, description="x264 quality (lower is better)")
     chunk_frames: int = Field(16, ge=1, description="frames rendered per vectorised batch")
@@ -246,9 +249,10 @@ def intrinsic_matrix(cfg: ProceduralWorldConfig) -> np.ndarray:
 
 
 def pixel_rays(cfg: ProceduralWorldConfig) -> np.ndarray:
-    """(H*W, 3) unit ray directions through pixel centres, in camera axes (x right, y down, z fwd)."""
-    k = intrinsic_matrix(cfg)
-    v, u = np.mgrid[0 : cfg.height, 0 : cfg.width] + 0.5
+    """(H*s * W*s, 3) unit ray directions through the centres of the s x s sub-pixels of every pixel
+    (s = ``supersample``), in camera axes (x right, y down, z forward)."""
+    k, s = intrinsic_matrix(cfg), cfg.supersample
+    v, u = (np.mgrid[0 : cfg.height * s, 0 : cfg.width * s] + 0.5) / s
     d = np.stack([(u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1], np.ones_like(u)], -1).reshape(-1, 3)
     return d / np.linalg.norm(d, axis=1, keepdims=True)
 
@@ -265,18 +269,43 @@ def _sky(d: np.ndarray, world: World) -> np.ndarray:
     return np.where(mountain[..., None], np.asarray(world.palette.mountain) * shade, sky)
 
 
-def _ground(p: np.ndarray, world: World) -> np.ndarray:
-    """Checker tiles with a per-tile shade and dark grid lines; ``p`` (..., 3) hit points."""
+def _fade(footprint: np.ndarray, full: float, gone: float) -> np.ndarray:
+    """Texture level of detail: 1 while a pixel covers < ``full`` metres, 0 beyond ``gone``.
+
+    Detail finer than two pixels is replaced by its average instead of being point-sampled, which would
+    alias into flicker and false motion."""
+    return np.clip((gone - footprint) / (gone - full), 0.0, 1.0)
+
+
+def _hash01(ix: np.ndarray, iz: np.ndarray) -> np.ndarray:
+    """A deterministic pseudo-random value in [0, 1) per integer cell."""
+    v = np.sin(ix * 12.9898 + iz * 78.233) * 43758.5453
+    return v - np.floor(v)
+
+
+def _value_noise(x: np.ndarray, z: np.ndarray, cell: float) -> np.ndarray:
+    """Smooth, aperiodic noise in [0, 1): hashed cell corners, smoothstep-interpolated."""
+    gx, gz = x / cell, z / cell
+    ix, iz = np.floor(gx), np.floor(gz)
+    fx, fz = gx - ix, gz - iz
+    fx, fz = fx * fx * (3 - 2 * fx), fz * fz * (3 - 2 * fz)
+    a, b = _hash01(ix, iz), _hash01(ix + 1, iz)
+    c, d = _hash01(ix, iz + 1), _hash01(ix + 1, iz + 1)
+    return (a + (b - a) * fx) * (1 - fz) + (c + (d - c) * fx) * fz
+
+
+def _ground(p: np.ndarray, world: World, footprint: np.ndarray) -> np.ndarray:
+    """Aperiodic patches (value noise at 2 m, 0.6 m and 0.2 m), so optical flow has no repeating pattern to
+    mistake one position for another; ``p`` (..., 3) hit points, ``footprint`` (...) metres per pixel."""
     x, z = p[..., 0], p[..., 2]
-    ix, iz = np.floor(x), np.floor(z)
-    checker = ((ix + iz) % 2).astype(np.int64)
-    base = np.asarray(world.palette.ground)[checker]
-    tile_noise = np.sin(ix * 12.9898 + iz * 78.233) * 43758.5453
-    tile_noise = tile_noise - np.floor(tile_noise)
-    fx, fz = x - ix, z - iz
-    line = (np.minimum(np.minimum(fx, 1 - fx), np.minimum(fz, 1 - fz)) < 0.04)[..., None]
-    col = base * (0.85 + 0.3 * tile_noise)[..., None]
-    return np.where(line, col * 0.6, col)
+    palette = np.asarray(world.palette.ground)
+    big = _value_noise(x, z, 2.0)
+    mid = _value_noise(x + 17.0, z - 5.0, 0.6) - 0.5
+    fine = _value_noise(x - 3.0, z + 11.0, 0.2) - 0.5
+    # Each octave fades to its mean (0) once a pixel covers more than half its cell: no aliasing.
+    shade = 0.8 + 0.2 * big + 0.35 * mid * _fade(footprint, 0.15, 0.3) + 0.3 * fine * _fade(footprint, 0.05, 0.1)
+    mix = big[..., None]
+    return (palette[0] * mix + palette[1] * (1 - mix)) * shade[..., None]
 
 
 def _wrap(angle: np.ndarray) -> np.ndarray:
@@ -324,8 +353,11 @@ def _hit_pillars(o: np.ndarray, d: np.ndarray, world: World, frames: np.ndarray,
     return np.take_along_axis(t, idx[..., None], -1)[..., 0], keep[idx]
 
 
-def _pillar_colour(p: np.ndarray, idx: np.ndarray, world: World, cam_h: float, lights_on: np.ndarray) -> np.ndarray:
-    """Stripes by height, Lambert shading by the surface normal, lit windows at night."""
+def _pillar_colour(
+    p: np.ndarray, idx: np.ndarray, world: World, cam_h: float, lights_on: np.ndarray, footprint: np.ndarray
+) -> np.ndarray:
+    """Stripes by height (faded to their mean where finer than a pixel can show), Lambert shading by the
+    surface normal, lit windows at night."""
     if len(world.radii) == 0:
         return np.zeros(p.shape), np.zeros(p.shape[:-1], bool)
     centre = world.centres[idx]
@@ -335,9 +367,11 @@ def _pillar_colour(p: np.ndarray, idx: np.ndarray, world: World, cam_h: float, l
     lambert = 0.55 + 0.45 * np.clip((nx * light[0] + nz * light[1]) / norm, 0, 1)
     height_above = cam_h - p[..., 1]
     band = (np.floor(height_above / 0.7) % 2).astype(bool)
-    col = world.colours[idx] * (lambert * np.where(band, 1.0, 0.8))[..., None]
+    w_bands = _fade(footprint, 0.2, 0.45)
+    stripes = w_bands * np.where(band, 1.0, 0.8) + (1 - w_bands) * 0.9
+    col = world.colours[idx] * (lambert * stripes)[..., None]
     angle = np.arctan2(nz, nx)
-    window = band & (np.sin(angle * 6) > 0.3) & (height_above > 1.0)
+    window = band & (np.sin(angle * 6) > 0.3) & (height_above > 1.0) & (w_bands > 0.5)
     glow = window & lights_on[:, None]
     return np.where(glow[..., None], WINDOW_GLOW, col), glow
 
@@ -369,9 +403,13 @@ def render_frames(
     hit = o[:, None, :] + np.where(np.isfinite(t), t, 0)[..., None] * d
     lights_on = strength > 0.5 if kind == "night_lights" else np.zeros(len(frames), bool)
     is_pillar = t_pillar < t_ground
-    pillar_col, glow = _pillar_colour(hit, idx, world, cam_h, lights_on)
+    pixel_angle = 1.0 / intrinsic_matrix(cfg)[0, 0]  # radians per output pixel
+    with np.errstate(invalid="ignore"):
+        pillar_fp = np.where(np.isfinite(t_pillar), t_pillar, 0) * pixel_angle
+        ground_fp = np.where(np.isfinite(t_ground), t_ground, 0) * pixel_angle / np.maximum(np.abs(d[..., 1]), 0.02)
+    pillar_col, glow = _pillar_colour(hit, idx, world, cam_h, lights_on, pillar_fp)
     img = _sky(d, world)
-    img = np.where(((t_ground <= t_pillar) & np.isfinite(t_ground))[..., None], _ground(hit, world), img)
+    img = np.where(((t_ground <= t_pillar) & np.isfinite(t_ground))[..., None], _ground(hit, world, ground_fp), img)
     img = np.where(is_pillar[..., None], pillar_col, img)
     glow &= is_pillar
 
@@ -387,7 +425,8 @@ def render_frames(
     img = img * (1 - haze[..., None]) + haze_col * haze[..., None]
     if kind == "rain":
         img = img * (1 - 0.3 * strength[:, None, None]) * np.array([0.9, 0.95, 1.05])
-    img = img.reshape(len(frames), cfg.height, cfg.width, 3)
+    s = cfg.supersample  # box-filter the sub-pixels: anti-aliasing, so thin lines do not flicker
+    img = img.reshape(len(frames), cfg.height, s, cfg.width, s, 3).mean(axis=(2, 4))
     if kind == "rain":
         img = _rain_streaks(img, strength, rng)
     if cfg.lens_blur_sigma > 0:
@@ -471,6 +510,20 @@ def render_clip(index: int, cfg: ProceduralWorldConfig, script: list[ScriptSegme
     ]
     stem = f"{youtube_like_id(cfg.seed, index)}_{0:07d}_{n:07d}"
     return RenderedClip(stem, traj, world, np.concatenate(chunks))
+
+
+def render_action_clip(
+    index: int, cfg: ProceduralWorldConfig, actions: list[tuple[str, str]], chunk_frames: int
+) -> RenderedClip:
+    """A clip of one context frame followed by one chunk of ``chunk_frames`` frames per (keys, mouse)
+    action: chunk c is frames [1 + c*L, 1 + (c+1)*L) and its motion starts at frame c*L.
+
+    The ground truth for world-model evaluation. Pitch commands that would tilt past ``max_pitch`` are
+    flipped (see `scripted_trajectory`): read the labels actually rendered from ``clip.trajectory.script``.
+    """
+    L = chunk_frames
+    script = [ScriptSegment(c * L, (c + 1) * L, k, m) for c, (k, m) in enumerate(actions)]
+    return render_clip(index, cfg.model_copy(update={"frames_per_clip": 1 + L * len(actions)}), script)
 
 
 def _caption(clip: RenderedClip, cfg: ProceduralWorldConfig) -> str:

@@ -92,7 +92,8 @@ def test_every_key_and_mouse_label_is_reachable():
 
 def _mean_flow(frames: np.ndarray) -> np.ndarray:
     grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
-    flows = [cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 9, 3, 5, 1.1, 0) for a, b in zip(grey, grey[1:])]
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    flows = [dis.calc(a, b, None) for a, b in zip(grey, grey[1:])]
     return np.mean(flows, axis=0)  # (H, W, 2)
 
 
