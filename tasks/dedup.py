@@ -34,13 +34,11 @@ def minilm_model_dir() -> Path:
 @lru_cache(maxsize=1)
 def _load_minilm():
     """Tokenizer and model, loaded once per process from the package directory (never from a hub)."""
-    import torch
     from transformers import AutoModel, AutoTokenizer
 
     path = minilm_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True).eval()
-    torch.set_grad_enabled(False)
+    model = AutoModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
     return tokenizer, model
 
 

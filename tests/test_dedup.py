@@ -95,3 +95,12 @@ def test_input_validation():
     with pytest.raises(ValueError):
         dedup_captions(["a"], ["x", "y"])
     assert dedup_captions([], []) == ([], [])
+
+
+def test_embedding_leaves_autograd_on_for_everyone_else():
+    """Regression: loading the embedder used to call torch.set_grad_enabled(False) for the whole process,
+    which broke every later training step in the same process."""
+    import torch
+
+    embed_captions(["a walk in the rain"])
+    assert torch.is_grad_enabled()
