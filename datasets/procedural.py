@@ -335,7 +335,8 @@ def _hit_pillars(o: np.ndarray, d: np.ndarray, world: World, frames: np.ndarray,
     keep = _pillars_in_view(o, d, world, frames) if len(world.radii) else np.zeros(0, np.int64)
     if len(keep) == 0:
         return np.full((f, p), np.inf), np.zeros((f, p), np.int64)
-    centres, radii, heights = world.centres[keep], world.radii[keep], world.heights[keep]
+    centres = world.centres[keep].astype(np.float32)
+    radii, heights = world.radii[keep].astype(np.float32), world.heights[keep].astype(np.float32)
     dx, dz = d[..., 0:1], d[..., 2:3]  # (F,P,1)
     ox = (o[:, None, 0:1] - centres[None, None, :, 0]).astype(np.float32)  # (F,1,K)
     oz = (o[:, None, 2:3] - centres[None, None, :, 1]).astype(np.float32)
@@ -345,7 +346,7 @@ def _hit_pillars(o: np.ndarray, d: np.ndarray, world: World, frames: np.ndarray,
     disc = b * b - 4 * a * c
     with np.errstate(invalid="ignore", divide="ignore"):
         t = (-b - np.sqrt(disc)) / (2 * a)
-    y = o[:, None, 1:2] + t * d[..., 1:2]
+    y = o[:, None, 1:2].astype(np.float32) + t * d[..., 1:2]
     visible = frames[:, None, None] >= world.appear_frame[keep][None, None, :]
     ok = (disc > 0) & (t > 0.2) & (y <= cam_h) & (y >= cam_h - heights[None, None, :]) & visible
     t = np.where(ok, t, np.inf)
@@ -372,7 +373,7 @@ def _pillar_colour(
     col = world.colours[idx] * (lambert * stripes)[..., None]
     angle = np.arctan2(nz, nx)
     window = band & (np.sin(angle * 6) > 0.3) & (height_above > 1.0) & (w_bands > 0.5)
-    glow = window & lights_on[:, None]
+    glow = window & lights_on
     return np.where(glow[..., None], WINDOW_GLOW, col), glow
 
 
@@ -407,11 +408,16 @@ def render_frames(
     with np.errstate(invalid="ignore"):
         pillar_fp = np.where(np.isfinite(t_pillar), t_pillar, 0) * pixel_angle
         ground_fp = np.where(np.isfinite(t_ground), t_ground, 0) * pixel_angle / np.maximum(np.abs(d[..., 1]), 0.02)
-    pillar_col, glow = _pillar_colour(hit, idx, world, cam_h, lights_on, pillar_fp)
-    img = _sky(d, world)
-    img = np.where(((t_ground <= t_pillar) & np.isfinite(t_ground))[..., None], _ground(hit, world, ground_fp), img)
-    img = np.where(is_pillar[..., None], pillar_col, img)
-    glow &= is_pillar
+    # Shade each surface only where it is seen (boolean-masked 1-D views of the (F, P) pixels).
+    is_ground = (t_ground <= t_pillar) & np.isfinite(t_ground)
+    is_sky = ~(is_ground | is_pillar)
+    img = np.empty(d.shape, np.float64)
+    img[is_sky] = _sky(d[is_sky], world)
+    img[is_ground] = _ground(hit[is_ground], world, ground_fp[is_ground])
+    lights_px = np.broadcast_to(lights_on[:, None], is_pillar.shape)[is_pillar]
+    img[is_pillar], glow_px = _pillar_colour(hit[is_pillar], idx[is_pillar], world, cam_h, lights_px, pillar_fp[is_pillar])
+    glow = np.zeros(is_pillar.shape, bool)
+    glow[is_pillar] = glow_px
 
     haze_col = np.array([0.78, 0.8, 0.82])
     if world.night:  # dark ambient light; lit windows keep their own brightness
