@@ -10,9 +10,11 @@ camera walking over a ground plane::
 in normalised image coordinates (OpenCV axes: x right, y down, z forward), with the inverse depth of the
 ground ``rho = max(0, g . (x, y, 1))`` (camera heights as the unit, sky and anything above the horizon at
 rho = 0) for a ground normal ``g`` tilted by the camera's pitch, found by a grid search (the pitch with the
-smallest residual). Pillars and other objects off the ground are outliers: iteratively reweighted least
-squares (Huber) keeps them from pulling the fit. Translations come out in camera heights per frame,
-rotations in rad per frame.
+smallest residual). Objects off the ground (pillars) break that depth model, and a strafe past them
+looks like a pan; so the fit then alternates with a per-pixel inverse depth (what the translation must
+explain once rotation is removed, pulled towards the ground plane below the horizon and never farther
+than it), which separates strafing from panning. Huber-weighted least squares throughout. Translations
+come out in camera heights per frame, rotations in rad per frame.
 
 A chunk's label is taken from the median of the per-frame estimates of its ``pair_gap``-frame spans (the
 frame before the chunk included):
@@ -47,8 +49,11 @@ class IFMetricConfig(BaseModel):
     margin: float = Field(0.06, ge=0, lt=0.4, description="border fraction ignored (flow is unreliable there)")
     sample_stride: int = Field(2, ge=1, description="use every n-th flow vector (after upscaling)")
     pitch_grid: tuple[float, float, int] = Field((-0.4, 0.4, 9), description="camera pitch search, rad")
-    irls_iterations: int = Field(3, ge=0)
+    irls_iterations: int = Field(1, ge=0)
     texture_weighting: bool = Field(True, description="weight flow vectors by local texture (cornerMinEigenVal)")
+    depth_iterations: int = Field(8, ge=0, description="rounds of per-pixel inverse-depth refinement")
+    ground_prior: float = Field(0.3, ge=0, description="pull of below-horizon pixels to the ground plane")
+    sky_prior: float = Field(0.0, ge=0, description="pull of above-horizon pixels to infinity (rho = 0)")
     pair_gap: int = Field(
         4, ge=1, description="frames between the two frames of a flow pair: sub-pixel per-frame motion is too "
         "small for DIS at 32 px, while spans over ~8 frames move too far for a linear motion field")
@@ -92,10 +97,12 @@ class FlowMotionEstimator:
         self._pitches = np.linspace(*cfg.pitch_grid)
         self._grid_key = (h, w)
 
-    def _design(self, pitch: float) -> np.ndarray:
-        """(2P, 6) motion-field basis in pixels for unit tx, ty, tz, wx, wy, wz at this ground pitch."""
+    def _design(self, pitch: float, rho: np.ndarray | None = None) -> np.ndarray:
+        """(2P, 6) motion-field basis in pixels for unit tx, ty, tz, wx, wy, wz; inverse depth ``rho``
+        (camera heights^-1), by default the ground plane's at this pitch."""
         x, y = self._x, self._y
-        rho = np.maximum(0.0, np.cos(pitch) * y - np.sin(pitch))  # g = (0, cos, -sin); h = 1
+        if rho is None:
+            rho = np.maximum(0.0, np.cos(pitch) * y - np.sin(pitch))  # g = (0, cos, -sin); h = 1
         zero = np.zeros_like(x)
         du = np.stack([-rho, zero, x * rho, x * y, -(1 + x * x), y], -1)
         dv = np.stack([zero, -rho, y * rho, 1 + y * y, -x * y, -x], -1)
@@ -117,7 +124,31 @@ class FlowMotionEstimator:
             params, res = _irls(a, b, self.cfg.irls_iterations, prior)
             if res < best[0]:
                 best = (res, params, pitch)
-        return best[1], best[2], best[0]
+        res, params, pitch = best
+        for _ in range(self.cfg.depth_iterations):
+            rho = self._refine_depth(b, params, pitch)
+            params, res = _irls(self._design(pitch, rho), b, self.cfg.irls_iterations, prior)
+        return params, pitch, res
+
+    def _refine_depth(self, b: np.ndarray, params: np.ndarray, pitch: float) -> np.ndarray:
+        """Per-pixel inverse depth given the motion: what the translation must explain after rotation.
+
+        Objects off the ground (pillars above the horizon) are not at the ground plane's depth; without
+        this step their translation flow is fitted as rotation. A prior pulls each pixel towards the ground
+        plane (strongly below the horizon, weakly above it); ground pixels can only come nearer (an object
+        standing in front of the ground), never farther."""
+        n = len(self._x)
+        rho_g = np.maximum(0.0, np.cos(pitch) * self._y - np.sin(pitch))
+        t_only = self._design(pitch, np.ones(n))[:, :3] @ params[:3]  # translation flow at rho = 1
+        rot = self._design(pitch, np.zeros(n))[:, 3:] @ params[3:]
+        au, av = t_only[:n], t_only[n:]
+        ru, rv = b[:n] - rot[:n], b[n:] - rot[n:]
+        scale = np.mean(au * au + av * av)
+        if scale < 1e-10:  # no translation: depth is unobservable, keep the ground plane
+            return rho_g
+        lam = (np.where(rho_g > 0, self.cfg.ground_prior, self.cfg.sky_prior) + 1e-6) * scale
+        rho = (ru * au + rv * av + lam * rho_g) / (au * au + av * av + lam)
+        return np.maximum(rho, rho_g)
 
     def estimate(self, frames: np.ndarray, pairs: list[tuple[int, int]] | None = None) -> MotionEstimate:
         """Motion between frame pairs (consecutive pairs by default) of a (T, H, W, 3) uint8 clip.

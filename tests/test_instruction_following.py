@@ -111,3 +111,9 @@ def test_copy_last_frame_and_shuffled_actions_stay_at_chance(renders):
 def test_score_labels_checks_lengths():
     with pytest.raises(ValueError):
         score_labels([("W", "·")], [])
+
+
+def test_static_clip_estimates_no_motion():
+    """Regression: a frozen clip (zero flow) made the depth refinement divide 0 by 0 and lstsq fail."""
+    frames = np.repeat(_renders(1, jitter=0.0, chunks=2)[0][0][:1], 17, axis=0)
+    assert label_chunks(frames, 8) == [("None", "·"), ("None", "·")]
