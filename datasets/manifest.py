@@ -317,3 +317,8 @@ def summarize_manifest(manifest_dir: Path) -> dict:
     errors = Counter(e.split(":")[0] for e in table.column("error").to_pylist() if e)
     summary["quarantine_reasons"] = dict(errors.most_common())
     return summary
+
+
+# The model-driven curation stages' kinds (captions, synthetic, events, scores) register themselves on import;
+# importing them here makes every reader of this module (`yume manifest show`, validate) know them.
+from yume.datasets import manifest_kinds as _manifest_kinds  # noqa: E402,F401

@@ -1,0 +1,82 @@
+"""What the model-driven stage flows share: shard splitting, cache keys, resume, stale shards, artifacts.
+
+The pattern is curate_real's (a Prefect task per shard, cached on inputs + code version, skipped when its
+completion marker carries the same key), with one difference: shards run one after another in the driver,
+because each shard already spreads its items over the stage's Ray actor pool; running shards concurrently
+would only interleave their batches on the same actors.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.progress import Progress
+
+from yume.config import Profile
+from yume.datasets.manifest import completed_shards, marker_path, read_marker, shard_path
+from yume.versioning import code_version
+
+log = logging.getLogger(__name__)
+
+
+def split_shards(items: list, size: int) -> dict[str, list]:
+    return {f"{i // size:05d}": items[i : i + size] for i in range(0, len(items), size)}
+
+
+def shard_cache_key(stage: str, stage_version: str, config_hash: str, manifest_dir: Path, fingerprints: list) -> str:
+    h = hashlib.sha256()
+    for part in (stage, code_version(stage_version), config_hash, str(manifest_dir)):
+        h.update(part.encode() + b"\0")
+    for fp in fingerprints:
+        h.update(json.dumps(fp, sort_keys=True, default=str).encode() + b"\n")
+    return h.hexdigest()[:32]
+
+
+def remove_stale_shards(manifest_dir: Path, keep: set[str]) -> None:
+    """Shards from an earlier, larger input set would leave rows nobody produced this run."""
+    for shard in completed_shards(manifest_dir):
+        if shard not in keep:
+            marker_path(manifest_dir, shard).unlink(missing_ok=True)
+            shard_path(manifest_dir, shard).unlink(missing_ok=True)
+
+
+def run_shards(
+    stage: str, task_fn, shards: dict[str, list], keys: dict[str, str], manifest_dir: Path, cfg: Profile,
+    call: Callable[[Any, str, list, str], dict],
+) -> tuple[list[dict], int]:
+    """Run ``call(task_with_options, shard, items, key)`` for every shard in order; returns (markers, cache hits).
+    Each marker gets ``cached``: whether its shard was already complete with the same key.
+
+    A shard whose marker carries its key is a cache hit: Prefect's cache is honoured only then (so a deleted
+    manifest is always rebuilt), and the task itself returns the marker without touching the pool.
+    """
+    markers, hits = [], 0
+    with Progress(transient=True) as progress:
+        bar = progress.add_task(f"{stage}: shards", total=len(shards))
+        for name, items in shards.items():
+            marker = read_marker(manifest_dir, name)
+            fresh = marker is not None and marker.get("cache_key") == keys[name]
+            hits += fresh
+            options = task_fn.with_options(
+                refresh_cache=not fresh, retries=cfg.prefect.task_retries,
+                retry_delay_seconds=cfg.prefect.retry_delay_seconds,
+            )
+            markers.append({**call(options, name, items, keys[name]), "cached": fresh})
+            progress.advance(bar)
+    return markers, int(hits)
+
+
+def quarantine_reasons(errors: list[str | None]) -> dict[str, int]:
+    return dict(Counter(e.split(":")[0] for e in errors if e).most_common())
+
+
+def png_markdown(path: Path, title: str) -> str:
+    """Markdown embedding a PNG as a data URI (Prefect artifacts show markdown; no image server needed)."""
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f"### {title}\n\n![{title}](data:image/png;base64,{data})\n\n`{path}`\n"
