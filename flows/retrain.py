@@ -1,6 +1,7 @@
 """Parent flow `retrain`: every stage flow in dependency order (DESIGN.md, "The DAG").
 
-Stages that exist so far: curate_real. Later stages append themselves to ``STAGES``; each is a
+Stages that exist so far: curate_real, recaption, synthesize_t2v, synthesize_events, score_and_filter.
+Later stages append themselves to ``STAGES``; each is a
 subflow that reads upstream manifests from the work directory, so any stage can also be re-run alone.
 `yume demo` runs this flow on the `tiny` profile.
 """
@@ -14,8 +15,18 @@ from prefect.artifacts import create_markdown_artifact
 
 from yume.config import config_hash, load_profile, record_config
 from yume.flows.curate_real import curate_real
+from yume.flows.recaption import recaption
+from yume.flows.score_and_filter import score_and_filter
+from yume.flows.synthesize_events import synthesize_events
+from yume.flows.synthesize_t2v import synthesize_t2v
 
-STAGES = [("curate_real", curate_real)]
+STAGES = [
+    ("curate_real", curate_real),
+    ("recaption", recaption),
+    ("synthesize_t2v", synthesize_t2v),
+    ("synthesize_events", synthesize_events),
+    ("score_and_filter", score_and_filter),
+]
 
 
 @flow(name="retrain")

@@ -74,6 +74,13 @@ def test_demo_end_to_end(tmp_path):
     assert shown["kind"] == "real" and shown["schema_version"] == 1
     assert (work / "reports" / "curate_real" / "metrics.json").is_file()
     assert (work / "config.resolved.json").is_file()
+    # The model-driven curation stages (issue 6) ran too, and the scores cover every source.
+    for stage, kind in (("recaption", "captions"), ("synthesize_t2v", "synthetic"),
+                        ("synthesize_events", "events"), ("score_and_filter", "scores")):
+        assert summary["stages"][stage]["rows_quarantined"] == 0, stage
+        assert run("manifest", "validate", str(work / "manifests" / kind)).returncode == 0
+    scores = json.loads(run("manifest", "show", str(work / "manifests" / "scores"), "--json").stdout)
+    assert set(scores["by_upstream_kind"]) == {"real", "synthetic", "events"}
     # Tamper with a shard: validate must now fail.
     part = next(manifest.glob("part-*.parquet"))
     part.write_bytes(part.read_bytes()[:-20])

@@ -85,6 +85,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from yume.tasks.bench_actions import main as bench
     elif args.what == "tscm":
         from yume.models.bench_tscm import main as bench
+    elif args.what == "curation":
+        from yume.tasks.bench_curation import main as bench
     else:  # pragma: no cover - argparse restricts choices
         raise ValueError(args.what)
     return bench(args.rest + (["--json"] if args.json else []))
@@ -147,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("flow", help="run one stage flow")
-    p.add_argument("stage", choices=["curate_real"])
+    p.add_argument("stage", choices=["curate_real", "recaption", "synthesize_t2v", "synthesize_events",
+                                     "score_and_filter"])
     _add_profile_args(p)
     p.set_defaults(fn=cmd_flow)
 
@@ -166,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_actions)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
-    p.add_argument("what", choices=["actions", "tscm"])
+    p.add_argument("what", choices=["actions", "tscm", "curation"])
     p.add_argument("--json", action="store_true")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_bench)

@@ -14,10 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from yume.datasets.procedural import ProceduralWorldConfig
 from yume.models.config import MODEL_CONFIGS, ModelConfig
@@ -53,6 +53,168 @@ class PrefectConfig(StrictModel):
     retry_delay_seconds: float = Field(2.0, ge=0)
 
 
+# --- model-driven curation stages (issue 6): recaption, synthesize_t2v, synthesize_events, score_and_filter ----
+
+
+class StageResources(StrictModel):
+    """What one Ray actor of a stage's pool declares, and how many of them run (DESIGN: "Execution model")."""
+
+    actors: int = Field(1, ge=1, description="actors in the stage's pool; each loads the model once")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs per actor (Ray scheduling)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; > 0 runs the model on CUDA")
+    accelerator_type: str | None = Field(None, description='Ray accelerator type per actor, e.g. "A100"')
+    batch_size: int = Field(4, ge=1, description="items per actor call (batched generation)")
+    max_restarts: int = Field(1, ge=0, description="Ray restarts of a lost actor")
+    max_task_retries: int = Field(2, ge=0, description="Ray retries of an actor call lost with its actor")
+
+
+class RayConfig(StrictModel):
+    address: str | None = Field(None, description="cluster address; None: $RAY_ADDRESS, else an in-process local Ray")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray (None: all); ignored on a cluster")
+    log_to_driver: bool = Field(False, description="stream actors' stdout/stderr to the driver")
+
+
+class CaptionQualityConfig(StrictModel):
+    min_words: int = Field(8, ge=1, description="fewer words: caption_too_short")
+    ngram: int = Field(3, ge=2, description="n of the repeated-n-gram test")
+    max_repeated_ngram_fraction: float = Field(0.3, gt=0, le=1, description="above: caption_degenerate")
+    max_same_word_run: int = Field(3, ge=2, description="a word repeated more times in a row: caption_degenerate")
+    min_distinct_word_ratio: float = Field(0.35, ge=0, le=1, description="distinct/total words (>= 20 words)")
+    min_alpha_fraction: float = Field(0.6, ge=0, le=1, description="letters among non-space characters")
+
+
+class RecaptionConfig(StrictModel):
+    stage_version: str = "1"
+    shard_size: int = Field(64, ge=1, description="segments per Prefect task / manifest shard")
+    backend: Literal["internvl", "metadata"] = Field(
+        "metadata", description="internvl: InternVL3 (HF format) from `model`; metadata: from annotations"
+    )
+    model: str | None = Field(None, description="internvl: local HF-format directory, or tiny:internvl3")
+    torch_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    frames_per_segment: int = Field(4, ge=1, le=32, description="frames sampled evenly per segment")
+    max_new_tokens: int = Field(160, ge=8, description="a caption that hits this mid-sentence is truncated")
+    target_words: int = Field(70, ge=10, description="asked-for caption length")
+    events_table: str | None = Field(
+        "ground_truth/clips.parquet",
+        description="metadata backend: per-clip event table relative to the data root (skipped if absent)",
+    )
+    quality: CaptionQualityConfig = CaptionQualityConfig()
+    resources: StageResources = StageResources()
+
+
+class WanSamplerConfig(StrictModel):
+    height: int = Field(32, ge=16)
+    width: int = Field(32, ge=16)
+    num_frames: int = Field(17, ge=1, description="4k+1 (Wan's VAE)")
+    num_inference_steps: int = Field(2, ge=1)
+    guidance_scale: float = Field(1.0, ge=0, description="<= 1: no classifier-free guidance")
+    flow_shift: float | None = Field(None, gt=0, description="scheduler shift; None keeps the checkpoint's")
+    negative_prompt: str = ""
+    max_sequence_length: int = Field(64, ge=8, description="umT5 tokens (Wan: 512)")
+
+    @field_validator("num_frames")
+    @classmethod
+    def _four_k_plus_one(cls, v: int) -> int:
+        if (v - 1) % 4:
+            raise ValueError("must be 4k+1 (Wan's VAE compresses time 4x)")
+        return v
+
+
+class SynthesizeT2VConfig(StrictModel):
+    stage_version: str = "1"
+    shard_size: int = Field(16, ge=1)
+    caption_table: str | None = Field(
+        None, description="OpenVid-style CSV/Parquet; None writes a small table with planted near-duplicates"
+    )
+    id_column: str = Field("video", description="the table's unique key column (OpenVid: video)")
+    caption_column: str = "caption"
+    tiny_table_rows: int = Field(24, ge=4, description="rows of the generated table (caption_table: null)")
+    dedup_threshold: float = Field(0.9, gt=0, le=1, description="cosine similarity; >= drops the later caption")
+    num_videos: int = Field(6, ge=0, description="N: captions sampled after dedup (seeded)")
+    seed: int = Field(0, ge=0, description="sampling seed; per-video seeds derive from it and the caption key")
+    model: str = Field("tiny:wan2.1-t2v", description="diffusers Wan T2V directory, or tiny:wan2.1-t2v")
+    model_id: str | None = Field(None, description="name recorded in the manifest (default: the directory name)")
+    torch_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    sampler: WanSamplerConfig = WanSamplerConfig()
+    fps: int = Field(16, ge=1)
+    crf: int = Field(18, ge=0, le=51)
+    resources: StageResources = StageResources()
+
+
+EVENT_CATEGORIES = ("urban daily life", "sci-fi", "fantasy", "weather")
+
+
+class SynthesizeEventsConfig(StrictModel):
+    stage_version: str = "1"
+    shard_size: int = Field(16, ge=1)
+    prompts_table: str | None = Field(
+        None, description="CSV (image, category, event): None builds one from the procedural worlds"
+    )
+    num_items: int = Field(8, ge=1, description="procedural prompts built (prompts_table: null)")
+    categories: list[str] = Field(default_factory=lambda: list(EVENT_CATEGORIES))
+    model: str = Field("tiny:wan2.2-ti2v", description="diffusers Wan I2V directory, or tiny:wan2.2-ti2v")
+    model_id: str | None = None
+    torch_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    seed: int = Field(0, ge=0)
+    sampler: WanSamplerConfig = WanSamplerConfig(height=64, width=64)
+    fps: int = Field(16, ge=1)
+    crf: int = Field(18, ge=0, le=51)
+    decisions: str | None = Field(
+        None, description="reviewers' decisions (CSV/JSON); None: <workdir>/review/events/decisions.csv"
+    )
+    derive_decisions: bool = Field(
+        False, description="write the decisions file from the procedural ground truth when it is missing"
+    )
+    resources: StageResources = StageResources()
+
+    @field_validator("categories")
+    @classmethod
+    def _known_categories(cls, v: list[str]) -> list[str]:
+        unknown = sorted(set(v) - set(EVENT_CATEGORIES))
+        if unknown or not v:
+            raise ValueError(f"categories must be a non-empty subset of {list(EVENT_CATEGORIES)}; unknown: {unknown}")
+        return v
+
+
+class SelectRule(StrictModel):
+    """Keep the best ``top_k`` or ``top_fraction`` of a source by composite score; neither keeps all."""
+
+    top_k: int | None = Field(None, ge=0)
+    top_fraction: float | None = Field(None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _one(self) -> "SelectRule":
+        if self.top_k is not None and self.top_fraction is not None:
+            raise ValueError("give top_k or top_fraction, not both")
+        return self
+
+
+class ScoreAndFilterConfig(StrictModel):
+    stage_version: str = "1"
+    shard_size: int = Field(32, ge=1)
+    scorer: Literal["lite", "vbench"] = "lite"
+    policy: str = Field("lite@1", description="normalisation policy tag (tasks/scoring.py POLICIES)")
+    sources: list[Literal["real", "synthetic", "events"]] = Field(
+        default_factory=lambda: ["real", "synthetic", "events"]
+    )
+    max_frames: int = Field(32, ge=2, description="frames scored per video (evenly spaced)")
+    score_fps: float = Field(16.0, gt=0, description="real segments are subsampled towards this frame rate")
+    selection: dict[Literal["real", "synthetic", "events"], SelectRule] = Field(default_factory=dict)
+    vbench_python: str = Field(".venv-vbench/bin/python", description="interpreter of the vbench environment")
+    vbench_dimensions: list[str] | None = Field(None, description="None: all six")
+    resources: StageResources = StageResources()
+
+    @model_validator(mode="after")
+    def _policy_matches_scorer(self) -> "ScoreAndFilterConfig":
+        from yume.tasks.scoring import POLICIES
+
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy {self.policy!r} unknown; known: {sorted(POLICIES)}")
+        if POLICIES[self.policy].is_vbench != (self.scorer == "vbench"):
+            raise ValueError(f"policy {self.policy!r} belongs to another scorer family than {self.scorer!r}")
+        return self
+
+
 class Profile(StrictModel):
     name: str
     workdir: str = Field(description="all of a run lives here; `--workdir` overrides it")
@@ -61,6 +223,11 @@ class Profile(StrictModel):
     actions: ActionConfig = ActionConfig()
     curate_real: CurateRealConfig = CurateRealConfig()
     prefect: PrefectConfig = PrefectConfig()
+    ray: RayConfig = RayConfig()
+    recaption: RecaptionConfig = RecaptionConfig()
+    synthesize_t2v: SynthesizeT2VConfig = SynthesizeT2VConfig()
+    synthesize_events: SynthesizeEventsConfig = SynthesizeEventsConfig()
+    score_and_filter: ScoreAndFilterConfig = ScoreAndFilterConfig()
     model: ModelConfig | None = Field(
         None, description="the world model; in YAML `preset: tiny|yume15` plus any keys that override it"
     )
@@ -76,6 +243,10 @@ class Profile(StrictModel):
         if self.world is None:
             raise ConfigError("data.sekai_root: required when the profile has no `world` section")
         return self.workdir_path / "data" / "sekai"
+
+    def media_root(self) -> Path:
+        """Root of the media the pipeline itself writes (synthetic videos, event images, generated tables)."""
+        return self.workdir_path / "data"
 
 
 def _canonical(obj: Any) -> str:
