@@ -149,8 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("flow", help="run one stage flow")
-    p.add_argument("stage", choices=["curate_real", "recaption", "synthesize_t2v", "synthesize_events",
-                                     "score_and_filter"])
+    from yume.flows import STAGE_NAMES
+
+    p.add_argument("stage", choices=STAGE_NAMES)
     _add_profile_args(p)
     p.set_defaults(fn=cmd_flow)
 

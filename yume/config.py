@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from yume.datasets.procedural import ProceduralWorldConfig
 from yume.models.config import MODEL_CONFIGS, ModelConfig
+from yume.models.train_config import SamplerConfig, TrainConfig, TrainingSetConfig
 from yume.tasks.actions import ActionConfig
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
@@ -231,6 +232,10 @@ class Profile(StrictModel):
     model: ModelConfig | None = Field(
         None, description="the world model; in YAML `preset: tiny|yume15` plus any keys that override it"
     )
+    # Foundation training (issue 4): build_training_set, train_foundation, generation.
+    training_set: TrainingSetConfig = TrainingSetConfig()
+    train: TrainConfig = TrainConfig()
+    sampler: SamplerConfig = SamplerConfig()
 
     @property
     def workdir_path(self) -> Path:
