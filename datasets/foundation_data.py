@@ -404,7 +404,10 @@ class FoundationDataModule(_Base):
         return torch.utils.data.DataLoader(
             ds, batch_size=self.settings.batch_size, sampler=self.sampler, collate_fn=collate,
             num_workers=self.num_workers, worker_init_fn=_worker_init if self.num_workers else None,
-            persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
+            persistent_workers=False, prefetch_factor=4 if self.num_workers else None,
+            # Workers are started by forkserver, not fork: the flow's process runs threads (Prefect's API
+            # client, Ray, a test server) that a forked child would inherit mid-state.
+            multiprocessing_context="forkserver" if self.num_workers else None)
 
     def state_dict(self) -> dict:
         trainer = getattr(self, "trainer", None)

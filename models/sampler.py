@@ -144,7 +144,8 @@ def renoise_grid(timesteps: list[float], shift: float) -> list[float]:
 class WorldSampler:
     def __init__(self, model, model_cfg: ModelConfig, codec, conditioner, cfg: SamplerConfig | None = None, *,
                  prediction: str = "velocity", x0_t_min: float = 0.1, chunk: int | None = None,
-                 still_image_frames: int = 5, fps: float = 16.0, device: str | torch.device = "cpu"):
+                 still_image_frames: int = 5, fps: float = 16.0, device: str | torch.device = "cpu",
+                 train_size: tuple[int, int] = (32, 32)):
         self.model = model.eval().to(device)
         self.model_cfg = model_cfg
         self.codec = codec
@@ -155,6 +156,7 @@ class WorldSampler:
         self.chunk = chunk or model_cfg.chunk_frames
         self.still_image_frames = self.cfg.still_image_frames or still_image_frames
         self.fps = self.cfg.fps or fps
+        self.train_size = tuple(train_size)  # (height, width) the model was trained at: T2V's and I2V's size
         self.device = torch.device(device)
         self.forward_calls = 0
 
@@ -190,7 +192,8 @@ class WorldSampler:
         conditioner = TextConditioner(encoder, model_cfg.text, text_cache_dir)
         return cls(model, model_cfg, build_codec(model_cfg.codec), conditioner, cfg, prediction=tcfg.prediction,
                    x0_t_min=tcfg.x0_t_min, chunk=tcfg.chunk_frames or model_cfg.chunk_frames,
-                   still_image_frames=tcfg.still_image_frames, fps=tcfg.fps, device=device)
+                   still_image_frames=tcfg.still_image_frames, fps=tcfg.fps, device=device,
+                   train_size=(tcfg.height, tcfg.width))
 
     # ---------------------------------------------------------------------------------- pieces
 
@@ -365,8 +368,28 @@ def load_image(path: str | Path, height: int, width: int) -> np.ndarray:
     return resize_frames(cv2.cvtColor(img, cv2.COLOR_BGR2RGB)[None], height, width)[0]
 
 
+def generate_to_mp4(checkpoint: str | Path, actions: list[ChunkAction], out: str | Path, *,
+                    image: str | Path | None = None, prompt: str | None = None, cfg: SamplerConfig | None = None,
+                    seed: int | None = None) -> dict:
+    """What ``yume generate`` does: one video from an image (I2V) or a prompt (T2V), one action per chunk.
+    A chunk's own ``event`` text replaces the prompt for that chunk. T2V renders at the training resolution."""
+    if (image is None) == (prompt is None):
+        raise ValueError("give exactly one of an image (I2V) or a prompt (T2V)")
+    sampler = WorldSampler.from_checkpoint(checkpoint, cfg)
+    acts = [[(a.keys, a.mouse) for a in actions]]
+    events = [[a.event or prompt for a in actions]]
+    height, width = sampler.train_size
+    if image is not None:
+        video = sampler.generate(acts, images=load_image(image, height, width)[None], events=events, seed=seed)
+    else:
+        video = sampler.generate(acts, events=events, height=height, width=width, seed=seed)
+    write_mp4(video[0], out, sampler.fps)
+    return {"out": str(out), "frames": int(video.shape[1]), "height": height, "width": width,
+            "chunks": len(actions), "fps": sampler.fps, "forward_calls": sampler.forward_calls}
+
+
 def chunk_pixel_frames(codec, chunk: int) -> int:
     return chunk * codec.temporal_factor
 
 
-__all__ = ["WorldSampler", "parse_actions", "ChunkAction", "write_mp4", "load_image", "euler_grid", "renoise_grid"]
+__all__ = ["WorldSampler", "generate_to_mp4", "parse_actions", "ChunkAction", "write_mp4", "load_image", "euler_grid", "renoise_grid"]

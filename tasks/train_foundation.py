@@ -200,8 +200,13 @@ def build_module_and_data(run: TrainRun, rows=None):
     from yume.datasets.foundation_data import FoundationDataModule, SampleSettings, TextSource
     from yume.models.foundation import FoundationModule
 
+    import lightning as L
+
     profile = run.load_profile()
     rows = read_train_rows(Path(run.manifest_dir)) if rows is None else rows
+    # Same seed -> same initial weights (and RNG streams) in every process: a fresh run, a resumed one and
+    # every Ray worker start from identical models.
+    L.seed_everything(profile.train.seed, workers=True, verbose=False)
     meta = {"run_hash": run.run_hash, "data_hash": run.data_hash, "encoder_id": run.encoder_id,
             "profile_name": profile.name}
     module = FoundationModule(profile.model.model_dump(mode="json"), profile.train.model_dump(mode="json"), meta)

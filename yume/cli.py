@@ -133,6 +133,22 @@ def _print_summary(summary: dict) -> None:
             console.print(table)
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from yume.config import load_profile
+    from yume.models.sampler import generate_to_mp4, parse_actions
+
+    profile = load_profile(args.profile, None, args.overrides)
+    try:
+        actions = parse_actions(args.actions)
+        result = generate_to_mp4(args.checkpoint, actions, args.out, image=args.image, prompt=args.prompt,
+                                 cfg=profile.sampler, seed=args.seed)
+    except (ValueError, FileNotFoundError) as e:  # bad action syntax, image or checkpoint: a message, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 def cmd_model(args: argparse.Namespace) -> int:
     from yume.models.info import main as info
 
@@ -180,6 +196,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_manifest)
+
+    p = sub.add_parser("generate", help="chunked autoregressive generation with a trained world model -> mp4",
+                       description="Actions: one KEYS:MOUSE per chunk, comma/semicolon/newline separated, *N "
+                       "repeats (W:>*4, S+D:^<, None:.), or a file with that text or a JSON list of "
+                       '{"keys", "mouse", "event"} objects; see README "Generating videos".')
+    p.add_argument("--checkpoint", required=True, help="checkpoints/foundation/final (or a training .safetensors)")
+    start = p.add_mutually_exclusive_group(required=True)
+    start.add_argument("--image", help="start image (I2V)")
+    start.add_argument("--prompt", help="scene text (T2V)")
+    p.add_argument("--actions", required=True, help="inline action list or a file")
+    p.add_argument("--out", required=True, help="output .mp4")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--profile", default="tiny", help="profile whose `sampler` section is used (steps, guidance...)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a profile value, e.g. --set sampler.steps=4")
+    p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser("model", help="world model utilities")
     p.add_argument("action", choices=["info"])
