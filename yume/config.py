@@ -52,6 +52,12 @@ class CurateRealConfig(StrictModel):
 class PrefectConfig(StrictModel):
     task_retries: int = Field(2, ge=0)
     retry_delay_seconds: float = Field(2.0, ge=0)
+    result_storage: str | None = Field(
+        None,
+        description="where `retrain` persists its per-stage cache records: None = <workdir>/cache/prefect; a local "
+        "path; an fsspec URL (s3://bucket/prefix, gs://..., credentials from the environment); or "
+        "block:<type>/<name>, a saved Prefect filesystem block",
+    )
 
 
 # --- model-driven curation stages (issue 6): recaption, synthesize_t2v, synthesize_events, score_and_filter ----
