@@ -143,13 +143,23 @@ def file_sha256(*paths: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def _write_temp(path: Path, data: bytes) -> Path:
+    """``data`` fully written and fsynced to a hidden temp file beside ``path`` (removed again on failure)."""
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = _write_temp(path, data)
+    try:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -181,10 +191,6 @@ def write_shard(
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     data = sink.getvalue().to_pybytes()
-    # Parquet first, marker last: a crash between the two leaves a shard that readers ignore and a re-run
-    # rewrites.
-    marker_path(manifest_dir, shard).unlink(missing_ok=True)
-    _atomic_write_bytes(shard_path(manifest_dir, shard), data)
     marker = {
         "shard": shard,
         "kind": kind.name,
@@ -194,8 +200,39 @@ def write_shard(
         "sha256": hashlib.sha256(data).hexdigest(),
         **(extra or {}),
     }
-    _atomic_write_bytes(marker_path(manifest_dir, shard), json.dumps(marker, indent=1).encode())
+    _commit_shard(manifest_dir, shard, data, json.dumps(marker, indent=1).encode())
     return marker
+
+
+def _commit_shard(manifest_dir: Path, shard: str, data: bytes, marker: bytes) -> None:
+    """Replace a shard and its marker so that a write error leaves the previous version valid and readable.
+
+    Both new files are written in full (and fsynced) to temp names first: a full disk or a read-only directory
+    fails there, before anything readers see has changed. Then two renames (no data to write): the Parquet file,
+    then its marker. Between the two the old marker does not match the new file (readers skip the shard, a re-run
+    redoes it); should the second rename fail, the previous Parquet file is put back from a hard link.
+    """
+    part, mark = shard_path(manifest_dir, shard), marker_path(manifest_dir, shard)
+    tmp_part = _write_temp(part, data)
+    backup = part.with_name(f".bak-{part.name}-{os.getpid()}")
+    try:
+        tmp_mark = _write_temp(mark, marker)
+        try:
+            if part.exists() and mark.exists():
+                backup.unlink(missing_ok=True)
+                os.link(part, backup)
+            os.replace(tmp_part, part)
+            try:
+                os.replace(tmp_mark, mark)
+            except BaseException:
+                if backup.exists():
+                    os.replace(backup, part)  # the old file matches the old marker again
+                raise
+        finally:
+            tmp_mark.unlink(missing_ok=True)
+    finally:
+        tmp_part.unlink(missing_ok=True)
+        backup.unlink(missing_ok=True)
 
 
 def _check_row(row: dict[str, Any]) -> None:
@@ -204,7 +241,7 @@ def _check_row(row: dict[str, Any]) -> None:
     if row["status"] == "quarantined" and not row.get("error"):
         raise ManifestError(f"row {row.get('id')}: a quarantined row needs an error text")
     uri = row.get("source_uri") or ""
-    if PurePosixPath(uri).is_absolute() or ".." in PurePosixPath(uri).parts:
+    if _escapes(uri):
         raise PathEscapeError(f"row {row.get('id')}: source_uri {uri!r} must be relative to the data root")
 
 
@@ -289,14 +326,24 @@ def _validate_rows(table: pa.Table) -> list[str]:
     dup = [i for i, c in Counter(ids).items() if c > 1]
     if dup:
         problems.append(f"{len(dup)} duplicate row ids (e.g. {dup[0]})")
-    for row in table.select(["id", "source_uri", "status", "error"]).to_pylist():
+    uri_columns = [c for c in table.column_names if c.endswith("_uri") and c != "source_uri"]
+    for row in table.select(["id", "source_uri", "status", "error"] + uri_columns).to_pylist():
         try:
             _check_row(row)
         except ManifestError as e:
             problems.append(str(e))
         if row["status"] == "ok" and row["error"]:
             problems.append(f"row {row['id']}: status ok but error {row['error']!r}")
+        if row["status"] == "ok":  # a quarantined row may carry the offending path as its reason
+            for col in uri_columns:
+                if row[col] and _escapes(row[col]):
+                    problems.append(f"row {row['id']}: {col} {row[col]!r} escapes its data root")
     return problems
+
+
+def _escapes(uri: str) -> bool:
+    """True for a URI that is absolute or climbs out with ``..`` (checked without touching the filesystem)."""
+    return PurePosixPath(uri).is_absolute() or Path(uri).is_absolute() or ".." in PurePosixPath(uri).parts
 
 
 def summarize_manifest(manifest_dir: Path) -> dict:

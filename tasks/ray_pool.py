@@ -9,8 +9,10 @@ training and evaluation helpers can use it the same way. The pattern (DESIGN.md,
 - A Prefect shard task calls ``pool.map(method, items)``: items are cut into batches of
   ``resources.batch_size`` and spread over the actors with `ray.util.ActorPool` (results come back in
   input order, one result per item).
-- Ray restarts a lost actor (``max_restarts``) and retries the calls it lost (``max_task_retries``);
-  if that is not enough the call raises and Prefect retries the whole shard.
+- Ray restarts a lost actor (``max_restarts``), on another node if its node died, and retries the calls it
+  lost (``max_task_retries``); results still come back once per item, in order. If that is not enough the
+  call raises and Prefect retries the whole shard (shard writes are idempotent). Actors of a pool are spread
+  over the nodes (``SPREAD``), so one node's loss costs one actor.
 - One bad item never fails the batch: `isolate_failures` retries a failing batch in halves down to single
   items, so only the culprit is quarantined (``<category>: <detail>``, see `classify_exception`). An
   out-of-memory batch is split the same way after freeing the CUDA cache, so a batch that is only too big
@@ -161,6 +163,9 @@ class ActorPool:
         }
         if resources.accelerator_type:
             options["accelerator_type"] = resources.accelerator_type
+        if resources.actors > 1:
+            # Best-effort spread over nodes: losing one node then costs one actor, not the whole pool.
+            options["scheduling_strategy"] = "SPREAD"
         remote_cls = ray.remote(worker_cls).options(**options)
         self._actors = [remote_cls.remote(*args, **kwargs) for _ in range(resources.actors)]
         return self
