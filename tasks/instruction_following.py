@@ -16,10 +16,13 @@ explain once rotation is removed, pulled towards the ground plane below the hori
 than it), which separates strafing from panning. Huber-weighted least squares throughout. Translations
 come out in camera heights per frame, rotations in rad per frame.
 
+All pairs of a clip are fitted together (batched 6x6 normal equations; ~20-60 chunks/s at 32 px on 2 cores).
 A chunk's label is taken from the median of the per-frame estimates of its ``pair_gap``-frame spans (the
-frame before the chunk included):
-keys from (tz, tx) with a dead zone and an axis ratio (as the robust action rule), mouse from (wy, wx)
-with rotation thresholds. Thresholds are data (`IFMetricConfig`), calibrated on ground-truth renders of
+frame before the chunk included; gap 1 at the tiny profile's camera speeds, larger gaps break the linear
+motion field): keys from the translation rotated into the heading frame by the fitted pitch (forward
+scaled by ``forward_gain``, which the fit underestimates against strafing), with a dead zone and per-axis
+ratios, mouse from (wy, wx) with rotation thresholds. The thresholds are per frame of the clip as given,
+so they depend on the camera speeds and the frame stride they were calibrated for. Thresholds are data (`IFMetricConfig`), calibrated on ground-truth renders of
 the procedural worlds (`calibrate_thresholds`); the defaults are that calibration's result.
 
 Scores: key accuracy, mouse accuracy, joint accuracy (both right) and IF = mean of key and mouse
@@ -47,20 +50,25 @@ class IFMetricConfig(BaseModel):
     fov_deg: float = Field(70.0, gt=10, lt=150, description="horizontal field of view of the clips")
     upscale: int = Field(4, ge=1, description="frames are resized by this factor before DIS flow")
     margin: float = Field(0.06, ge=0, lt=0.4, description="border fraction ignored (flow is unreliable there)")
-    sample_stride: int = Field(2, ge=1, description="use every n-th flow vector (after upscaling)")
+    sample_stride: int = Field(4, ge=1, description="use every n-th flow vector (after upscaling)")
     pitch_grid: tuple[float, float, int] = Field((-0.4, 0.4, 9), description="camera pitch search, rad")
     irls_iterations: int = Field(1, ge=0)
     texture_weighting: bool = Field(True, description="weight flow vectors by local texture (cornerMinEigenVal)")
     depth_iterations: int = Field(8, ge=0, description="rounds of per-pixel inverse-depth refinement")
-    ground_prior: float = Field(0.3, ge=0, description="pull of below-horizon pixels to the ground plane")
+    ground_prior: float = Field(1.0, ge=0, description="pull of below-horizon pixels to the ground plane")
     sky_prior: float = Field(0.0, ge=0, description="pull of above-horizon pixels to infinity (rho = 0)")
     pair_gap: int = Field(
-        4, ge=1, description="frames between the two frames of a flow pair: sub-pixel per-frame motion is too "
+        1, ge=1, description="frames between the two frames of a flow pair: sub-pixel per-frame motion is too "
         "small for DIS at 32 px, while spans over ~8 frames move too far for a linear motion field")
-    move_threshold: float = Field(0.0089, gt=0, description="camera heights/frame below which keys are None")
-    axis_ratio: float = Field(0.3, ge=0, lt=1, description="an axis counts if |axis| > ratio * |other axis|")
-    yaw_threshold: float = Field(0.0031, gt=0, description="rad/frame")
-    pitch_threshold: float = Field(0.0018, gt=0, description="rad/frame")
+    heading_frame: bool = Field(True, description="classify keys from the translation in the heading frame")
+    move_threshold: float = Field(0.061, gt=0, description="camera heights/frame below which keys are None")
+    axis_ratio: float = Field(0.8, ge=0, lt=1, description="forward counts if |forward| > ratio * |lateral|")
+    lateral_ratio: float | None = Field(0.2, ge=0, lt=1, description="lateral counts if |lateral| > ratio * "
+                                        "|forward|; None: axis_ratio")
+    forward_gain: float = Field(1.5, gt=0, description="forward translation is scaled by this before the key rule "
+                                "(the fit underestimates it against the lateral one)")
+    yaw_threshold: float = Field(0.0334, gt=0, description="rad/frame")
+    pitch_threshold: float = Field(0.0139, gt=0, description="rad/frame")
 
 
 @dataclass(frozen=True)
@@ -76,7 +84,8 @@ def _grey(frame: np.ndarray, upscale: int) -> np.ndarray:
 
 
 class FlowMotionEstimator:
-    """Fits camera motion to DIS flow; builds its sampling grid once per frame size."""
+    """Fits camera motion to DIS flow; builds its sampling grid (and the ground-plane bases of the pitch
+    search) once per frame size. All pairs are fitted together (batched normal equations)."""
 
     def __init__(self, cfg: IFMetricConfig | None = None):
         self.cfg = cfg or IFMetricConfig()
@@ -95,60 +104,84 @@ class FlowMotionEstimator:
         self._x = (u.ravel() + 0.5 - w / 2) / f
         self._y = (v.ravel() + 0.5 - h / 2) / f
         self._pitches = np.linspace(*cfg.pitch_grid)
+        self._pitch_designs = [self._design(p) for p in self._pitches]
         self._grid_key = (h, w)
+
+    def _ground_rho(self, pitch) -> np.ndarray:
+        """Inverse depth of the ground (camera height 1) at each sample for camera pitch(es) ``pitch``."""
+        p = np.asarray(pitch, float)[..., None]
+        return np.maximum(0.0, np.cos(p) * self._y - np.sin(p))  # g = (0, cos, -sin); h = 1
 
     def _design(self, pitch: float, rho: np.ndarray | None = None) -> np.ndarray:
         """(2P, 6) motion-field basis in pixels for unit tx, ty, tz, wx, wy, wz; inverse depth ``rho``
-        (camera heights^-1), by default the ground plane's at this pitch."""
-        x, y = self._x, self._y
-        if rho is None:
-            rho = np.maximum(0.0, np.cos(pitch) * y - np.sin(pitch))  # g = (0, cos, -sin); h = 1
-        zero = np.zeros_like(x)
+        (camera heights^-1), by default the ground plane's at this pitch. ``rho`` may be batched (n, P):
+        the basis is then (n, 2P, 6)."""
+        rho = self._ground_rho(pitch) if rho is None else np.asarray(rho, float)
+        x, y = np.broadcast_to(self._x, rho.shape), np.broadcast_to(self._y, rho.shape)
+        zero = np.zeros(rho.shape)
         du = np.stack([-rho, zero, x * rho, x * y, -(1 + x * x), y], -1)
         dv = np.stack([zero, -rho, y * rho, 1 + y * y, -x * y, -x], -1)
-        return self._f * np.concatenate([du, dv])
+        return self._f * np.concatenate([du, dv], -2)
 
     def _texture(self, grey: np.ndarray) -> np.ndarray:
         """Per-sample reliability: textureless regions (sky, flat walls) give interpolated, not measured, flow."""
         if not self.cfg.texture_weighting:
-            return np.ones(len(self._rows))
+            return np.ones(2 * len(self._rows))
         eig = cv2.cornerMinEigenVal(grey.astype(np.float32) / 255.0, 5)[self._rows, self._cols]
         w = np.sqrt(np.maximum(eig, 0))
         return np.tile(w / (w.mean() + 1e-12), 2)
 
-    def _fit(self, flow: np.ndarray, prior: np.ndarray) -> tuple[np.ndarray, float, float]:
-        b = np.concatenate([flow[self._rows, self._cols, 0], flow[self._rows, self._cols, 1]])
-        best = (np.inf, None, 0.0)
-        for pitch in self._pitches:
-            a = self._design(pitch)
-            params, res = _irls(a, b, self.cfg.irls_iterations, prior)
-            if res < best[0]:
-                best = (res, params, pitch)
-        res, params, pitch = best
-        for _ in range(self.cfg.depth_iterations):
+    def _fit(self, b: np.ndarray, prior: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Batched fit of (n, 2P) flows with (n, 2P) prior weights: (params (n, 6), pitch (n,), residual (n,))."""
+        cfg = self.cfg
+        fits = [_irls(a, b, cfg.irls_iterations, prior) for a in self._pitch_designs]
+        res = np.stack([r for _, r in fits], 1)  # (n, pitches)
+        best = np.argmin(res, 1)
+        rows = np.arange(len(b))
+        params = np.stack([p for p, _ in fits], 1)[rows, best]
+        pitch, res = self._pitches[best], res[rows, best]
+        for _ in range(cfg.depth_iterations):
             rho = self._refine_depth(b, params, pitch)
-            params, res = _irls(self._design(pitch, rho), b, self.cfg.irls_iterations, prior)
+            params, res = _irls(self._design(pitch, rho), b, cfg.irls_iterations, prior)
         return params, pitch, res
 
-    def _refine_depth(self, b: np.ndarray, params: np.ndarray, pitch: float) -> np.ndarray:
+    def _refine_depth(self, b: np.ndarray, params: np.ndarray, pitch: np.ndarray) -> np.ndarray:
         """Per-pixel inverse depth given the motion: what the translation must explain after rotation.
 
         Objects off the ground (pillars above the horizon) are not at the ground plane's depth; without
         this step their translation flow is fitted as rotation. A prior pulls each pixel towards the ground
         plane (strongly below the horizon, weakly above it); ground pixels can only come nearer (an object
-        standing in front of the ground), never farther."""
+        standing in front of the ground), never farther. Batched: b (n, 2P), params (n, 6), pitch (n,)."""
         n = len(self._x)
-        rho_g = np.maximum(0.0, np.cos(pitch) * self._y - np.sin(pitch))
-        t_only = self._design(pitch, np.ones(n))[:, :3] @ params[:3]  # translation flow at rho = 1
-        rot = self._design(pitch, np.zeros(n))[:, 3:] @ params[3:]
-        au, av = t_only[:n], t_only[n:]
-        ru, rv = b[:n] - rot[:n], b[n:] - rot[n:]
-        scale = np.mean(au * au + av * av)
-        if scale < 1e-10:  # no translation: depth is unobservable, keep the ground plane
-            return rho_g
+        x, y, f = self._x, self._y, self._f
+        tx, ty, tz, wx, wy, wz = (params[:, k : k + 1] for k in range(6))
+        rho_g = self._ground_rho(pitch)
+        au, av = f * (-tx + x * tz), f * (-ty + y * tz)  # translation flow at rho = 1
+        ru = b[:, :n] - f * (wx * x * y - wy * (1 + x * x) + wz * y)
+        rv = b[:, n:] - f * (wx * (1 + y * y) - wy * x * y - wz * x)
+        a2 = au * au + av * av
+        scale = a2.mean(1, keepdims=True)
         lam = (np.where(rho_g > 0, self.cfg.ground_prior, self.cfg.sky_prior) + 1e-6) * scale
-        rho = (ru * au + rv * av + lam * rho_g) / (au * au + av * av + lam)
-        return np.maximum(rho, rho_g)
+        rho = (ru * au + rv * av + lam * rho_g) / np.maximum(a2 + lam, 1e-30)
+        # No translation: depth is unobservable, keep the ground plane.
+        return np.where(scale < 1e-10, rho_g, np.maximum(rho, rho_g))
+
+    def flows(self, frames: np.ndarray, pairs: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Sampled per-frame DIS flow (n, 2P) of each pair (flow between frames i and j divided by j - i) and
+        the texture weights (n, 2P) of its first frame."""
+        needed = sorted({i for p in pairs for i in p})
+        grey = {i: _grey(np.asarray(frames[i]), self.cfg.upscale) for i in needed}
+        self._grid(*grey[needed[0]].shape)
+        tex = {}
+        b = np.empty((len(pairs), 2 * len(self._rows)))
+        prior = np.empty_like(b)
+        for k, (i, j) in enumerate(pairs):
+            flow = self._dis.calc(grey[i], grey[j], None)[self._rows, self._cols] / (j - i)
+            b[k] = np.concatenate([flow[:, 0], flow[:, 1]])
+            if i not in tex:
+                tex[i] = self._texture(grey[i])
+            prior[k] = tex[i]
+        return b, prior
 
     def estimate(self, frames: np.ndarray, pairs: list[tuple[int, int]] | None = None) -> MotionEstimate:
         """Motion between frame pairs (consecutive pairs by default) of a (T, H, W, 3) uint8 clip.
@@ -157,47 +190,75 @@ class FlowMotionEstimator:
         if len(frames) < 2:
             raise ValueError(f"need at least 2 frames to estimate motion, got {len(frames)}")
         pairs = pairs or [(i, i + 1) for i in range(len(frames) - 1)]
-        needed = sorted({i for p in pairs for i in p})
-        grey = {i: _grey(np.asarray(frames[i]), self.cfg.upscale) for i in needed}
-        self._grid(*grey[needed[0]].shape)
-        params, pitch, residual = [], [], []
-        for i, j in pairs:
-            a, b = grey[i], grey[j]
-            flow = self._dis.calc(a, b, None) / (j - i)
-            p, th, r = self._fit(flow, self._texture(a))
-            params.append(p)
-            pitch.append(th)
-            residual.append(r)
-        return MotionEstimate(np.asarray(params), np.asarray(pitch), np.asarray(residual))
+        b, prior = self.flows(frames, pairs)
+        params, pitch, residual = self._fit(b, prior)
+        return MotionEstimate(params, pitch, residual)
 
 
-def _irls(a: np.ndarray, b: np.ndarray, iterations: int, prior: np.ndarray) -> tuple[np.ndarray, float]:
-    """Huber-weighted least squares with per-sample prior weights; returns (params, robust RMS residual)."""
-    w = prior.copy()
+def _irls(a: np.ndarray, b: np.ndarray, iterations: int, prior: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Batched Huber-weighted least squares (normal equations) with per-sample prior weights.
+
+    ``a``: (2P, 6) or (n, 2P, 6) basis, ``b`` and ``prior``: (n, 2P). Returns (params (n, 6), robust RMS
+    residual (n,))."""
+    w = prior
     for it in range(iterations + 1):
-        sw = np.sqrt(w)
-        params, *_ = np.linalg.lstsq(a * sw[:, None], b * sw, rcond=None)
-        r = b - a @ params
-        scale = 1.4826 * np.median(np.abs(r)) + 1e-6
+        aw = a * w[:, :, None]  # (n, 2P, 6)
+        m = np.swapaxes(aw, 1, 2) @ (a if a.ndim == 3 else a[None])  # (n, 6, 6)
+        rhs = np.einsum("npi,np->ni", aw, b)
+        ridge = 1e-9 * np.trace(m, axis1=1, axis2=2)[:, None, None] + 1e-12
+        params = np.linalg.solve(m + ridge * np.eye(6), rhs[..., None])[..., 0]
+        r = b - (a @ params[..., None])[..., 0] if a.ndim == 3 else b - params @ a.T
         if it < iterations:
-            k = 1.345 * scale
-            w = prior * np.minimum(1.0, k / np.maximum(np.abs(r), 1e-12))
-    return params, float(np.sqrt(np.sum(w * r * r) / np.sum(w)))
+            scale = 1.4826 * np.median(np.abs(r), 1, keepdims=True) + 1e-6
+            w = prior * np.minimum(1.0, 1.345 * scale / np.maximum(np.abs(r), 1e-12))
+    return params, np.sqrt(np.sum(w * r * r, 1) / np.maximum(np.sum(w, 1), 1e-12))
 
 
-def _sign(value: float, threshold: float) -> int:
-    return 0 if abs(value) <= threshold else int(np.sign(value))
+def _heading_frame(params: np.ndarray, pitch: np.ndarray) -> np.ndarray:
+    """Translations (ty, tz) rotated from the camera frame into the walker's heading frame (level forward and
+    down) by the fitted ground pitch: a pitched camera walking forward also moves along its own y axis."""
+    out = params.copy()
+    c, s = np.cos(pitch), np.sin(pitch)
+    ty, tz = params[:, 1], params[:, 2]
+    out[:, 1], out[:, 2] = c * ty - HEADING_SIGN * s * tz, c * tz + HEADING_SIGN * s * ty
+    return out
+
+
+HEADING_SIGN = 1.0
+
+
+def _signs(value: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    return np.where(np.abs(value) <= threshold, 0, np.sign(value)).astype(int)
+
+
+def key_signs(motions: np.ndarray, move_threshold: float, axis_ratio: float, forward_gain: float = 1.0,
+              lateral_ratio: float | None = None) -> np.ndarray:
+    """(n, 2) (forward, lateral) signs of (n, 6) motions: none below ``move_threshold`` (on the speed with the
+    forward component scaled by ``forward_gain``), else an axis counts if it exceeds its ratio of the other."""
+    tx, tz = motions[:, 0], forward_gain * motions[:, 2]
+    lr = axis_ratio if lateral_ratio is None else lateral_ratio
+    moving = np.hypot(tx, tz) > move_threshold
+    fwd = np.where(moving, _signs(tz, axis_ratio * np.abs(tx)), 0)
+    lat = np.where(moving, _signs(tx, lr * np.abs(tz)), 0)
+    return np.stack([fwd, lat], 1)
+
+
+def mouse_signs(motions: np.ndarray, pitch_threshold: float, yaw_threshold: float) -> np.ndarray:
+    """(n, 2) (pitch, yaw) signs of (n, 6) motions."""
+    return np.stack([_signs(motions[:, 3], pitch_threshold), _signs(motions[:, 4], yaw_threshold)], 1)
+
+
+def classify_all(motions: np.ndarray, cfg: IFMetricConfig) -> list[tuple[str, str]]:
+    """(keys, mouse) labels of (n, 6) chunk motions (tx, ty, tz, wx, wy, wz)."""
+    motions = np.atleast_2d(np.asarray(motions, float))
+    k = key_signs(motions, cfg.move_threshold, cfg.axis_ratio, cfg.forward_gain, cfg.lateral_ratio)
+    m = mouse_signs(motions, cfg.pitch_threshold, cfg.yaw_threshold)
+    return [(KEYS_BY_SIGNS[(int(a), int(b))], MOUSE_BY_SIGNS[(int(c), int(d))]) for (a, b), (c, d) in zip(k, m)]
 
 
 def classify(motion: np.ndarray, cfg: IFMetricConfig) -> tuple[str, str]:
     """(keys, mouse) label of one chunk's median motion (tx, ty, tz, wx, wy, wz)."""
-    tx, _, tz, wx, wy, _ = motion
-    speed = float(np.hypot(tx, tz))
-    fwd = lat = 0
-    if speed > cfg.move_threshold:
-        fwd = _sign(tz, cfg.axis_ratio * abs(tx))
-        lat = _sign(tx, cfg.axis_ratio * abs(tz))
-    return KEYS_BY_SIGNS[(fwd, lat)], MOUSE_BY_SIGNS[(_sign(wx, cfg.pitch_threshold), _sign(wy, cfg.yaw_threshold))]
+    return classify_all(np.asarray(motion, float)[None], cfg)[0]
 
 
 def chunk_pairs(chunk_starts: list[int], chunk_len: int, gap: int) -> list[list[tuple[int, int]]]:
@@ -220,9 +281,10 @@ def chunk_motions(
     estimator = estimator or FlowMotionEstimator(cfg)
     per_chunk = chunk_pairs(chunk_starts, chunk_len, cfg.pair_gap)
     est = estimator.estimate(frames, [p for pairs in per_chunk for p in pairs])
+    params = _heading_frame(est.params, est.pitch) if cfg.heading_frame else est.params
     out, k = [], 0
     for pairs in per_chunk:
-        out.append(np.median(est.params[k : k + len(pairs)], axis=0))
+        out.append(np.median(params[k : k + len(pairs)], axis=0))
         k += len(pairs)
     return np.asarray(out)
 
@@ -235,7 +297,7 @@ def label_chunks(
     the frame before it anchors the first chunk's motion)."""
     cfg = cfg or IFMetricConfig()
     starts = list(range(first_chunk_start, len(frames) - chunk_len + 1, chunk_len))
-    return [classify(m, cfg) for m in chunk_motions(frames, starts, chunk_len, cfg, estimator)]
+    return classify_all(chunk_motions(frames, starts, chunk_len, cfg, estimator), cfg)
 
 
 @dataclass(frozen=True)
@@ -270,28 +332,24 @@ def calibrate_thresholds(
 ) -> tuple[IFMetricConfig, float]:
     """Grid-search the thresholds that maximise joint accuracy on chunks with known actions.
 
-    ``motions``: (chunks, 6) median motions (`chunk_motions`) of ground-truth renders.
-    """
+    ``motions``: (chunks, 6) median motions (`chunk_motions`) of ground-truth renders. Keys and mouse are
+    independent: their parameters are searched separately (vectorised over the chunks)."""
+    from yume.tasks.action_text import SIGNS_BY_KEYS, SIGNS_BY_MOUSE
+
     base = base or IFMetricConfig()
-    grid = {
-        "move_threshold": np.geomspace(0.003, 0.02, 8),
-        "axis_ratio": np.linspace(0.2, 0.6, 5),
-        "yaw_threshold": np.geomspace(0.0006, 0.004, 8),
-        "pitch_threshold": np.geomspace(0.0006, 0.004, 8),
-    }
-    # Keys and mouse are independent: search each pair of thresholds separately.
-    best_keys = max(
-        product(grid["move_threshold"], grid["axis_ratio"]),
-        key=lambda mt: np.mean([classify(m, base.model_copy(update={"move_threshold": mt[0], "axis_ratio": mt[1]}))[0] == c[0]
-                                for m, c in zip(motions, commanded)]),
-    )
-    best_mouse = max(
-        product(grid["yaw_threshold"], grid["pitch_threshold"]),
-        key=lambda yp: np.mean([classify(m, base.model_copy(update={"yaw_threshold": yp[0], "pitch_threshold": yp[1]}))[1] == c[1]
-                                for m, c in zip(motions, commanded)]),
-    )
+    motions = np.asarray(motions, float)
+    want_k = np.array([SIGNS_BY_KEYS[k] for k, _ in commanded])
+    want_m = np.array([SIGNS_BY_MOUSE[m] for _, m in commanded])
+    scale_t = float(np.percentile(np.hypot(motions[:, 0], motions[:, 2]), 90)) + 1e-9
+    scale_w = float(np.percentile(np.abs(motions[:, 3:5]), 90)) + 1e-9
+    ratios = np.linspace(0.2, 0.8, 7)
+    key_grid = product(np.geomspace(0.03, 0.6, 25) * scale_t, ratios, ratios, (1.0, 1.25, 1.5, 1.75, 2.0, 2.5))
+    best_keys = max(key_grid, key=lambda g: (np.all(key_signs(motions, g[0], g[1], g[3], g[2]) == want_k, 1).mean(),
+                                             -abs(g[3] - 1.5) - abs(g[1] - 0.5) - abs(g[2] - 0.5)))
+    rot = np.geomspace(0.03, 0.6, 25) * scale_w
+    best_mouse = max(product(rot, rot), key=lambda g: np.all(mouse_signs(motions, g[0], g[1]) == want_m, 1).mean())
     cfg = base.model_copy(update={
-        "move_threshold": float(best_keys[0]), "axis_ratio": float(best_keys[1]),
-        "yaw_threshold": float(best_mouse[0]), "pitch_threshold": float(best_mouse[1]),
+        "move_threshold": float(best_keys[0]), "axis_ratio": float(best_keys[1]), "lateral_ratio": float(best_keys[2]),
+        "forward_gain": float(best_keys[3]), "pitch_threshold": float(best_mouse[0]), "yaw_threshold": float(best_mouse[1]),
     })
-    return cfg, score_labels([classify(m, cfg) for m in motions], commanded).joint_accuracy
+    return cfg, score_labels(classify_all(motions, cfg), commanded).joint_accuracy

@@ -57,8 +57,9 @@ def test_chunk_pairs_start_at_the_frame_before_the_chunk():
 def test_classify_dead_zones():
     cfg = IFMetricConfig()
     assert classify(np.zeros(6), cfg) == ("None", "·")
-    assert classify(np.array([0.003, 0, 0.03, 0, 0.01, 0]), cfg) == ("W", "→")
-    assert classify(np.array([-0.02, 0, -0.03, 0.01, -0.01, 0]), cfg) == ("S+A", "↑←")
+    assert classify(np.array([0.02, 0, 0.03, 0.005, 0.01, 0]), cfg) == ("None", "·")  # below every threshold
+    assert classify(np.array([0.01, 0, 0.2, 0, 0.06, 0]), cfg) == ("W", "→")
+    assert classify(np.array([-0.15, 0, -0.15, 0.03, -0.06, 0]), cfg) == ("S+A", "↑←")
 
 
 def test_label_chunks_rejects_chunks_without_an_anchor_frame():
@@ -66,32 +67,48 @@ def test_label_chunks_rejects_chunks_without_an_anchor_frame():
         label_chunks(np.zeros((9, 32, 32, 3), np.uint8), 4, first_chunk_start=0)
 
 
-def _renders(n_clips, jitter, seed=0, chunks=10, chunk=8):
+# The tiny profile's camera speeds (visible at 32 px) and the held-out evaluation's clip settings
+# (foundation_eval.render_eval_worlds): 4-frame chunks at 16 fps from a 30 fps render (stride 2), no jitter.
+SPEEDS = {"step": 0.008, "speed_range": (0.9, 1.1), "yaw_rate_range": (0.025, 0.04),
+          "pitch_rate_range": (0.015, 0.025), "max_pitch": 0.3, "diagonal_ratio_range": (0.8, 1.0)}
+
+
+def _renders(n_clips, jitter, seed=0, chunks=12, chunk=4, stride=2):
     rng = np.random.default_rng(seed)
-    cfg = ProceduralWorldConfig(height=32, width=32, supersample=3, event_probability=0, seed=500 + seed,
-                                trajectory=TrajectoryConfig(ramp_frames=1, jitter_scale=jitter))
+    cfg = ProceduralWorldConfig(height=32, width=32, supersample=2, event_probability=0, seed=500 + seed,
+                                trajectory=TrajectoryConfig(ramp_frames=1, jitter_scale=jitter, **SPEEDS))
     out = []
     for i in range(n_clips):
         actions = [(KEY_LABELS[rng.integers(9)], MOUSE_LABELS[rng.integers(9)]) for _ in range(chunks)]
-        clip = render_action_clip(i, cfg, actions, chunk)
-        out.append((clip.frames, [(s.keys, s.mouse) for s in clip.trajectory.script]))
+        clip = render_action_clip(i, cfg, actions, chunk * stride)
+        out.append((clip.frames[::stride], [(s.keys, s.mouse) for s in clip.trajectory.script]))
     return out
 
 
 @pytest.fixture(scope="module")
 def renders():
-    return _renders(4, jitter=0.0)
+    return _renders(6, jitter=0.0)
+
+
+def _ground_truth_scores(renders):
+    pred, cmd = [], []
+    for frames, commanded in renders:
+        pred += label_chunks(frames, 4)
+        cmd += commanded
+    return score_labels(pred, cmd), cmd
 
 
 def test_ground_truth_renders_score_well_above_chance(renders):
-    """Measured level at 32 px with all 81 labels: joint ~0.8 (no jitter); the target of 0.95 is open work."""
-    pred, cmd = [], []
-    for frames, commanded in renders:
-        pred += label_chunks(frames, 8)
-        cmd += commanded
-    scores = score_labels(pred, cmd)
-    assert scores.mouse_accuracy >= 0.8 and scores.key_accuracy >= 0.65, scores
-    assert scores.joint_accuracy >= 0.55 > chance_joint_accuracy(cmd) + 0.3, scores
+    """Measured at 32 px, 4-frame chunks, stride 2, all 81 labels: joint 0.84-0.92 over 288-chunk sets."""
+    scores, cmd = _ground_truth_scores(renders)
+    assert scores.mouse_accuracy >= 0.9 and scores.key_accuracy >= 0.8, scores
+    assert scores.joint_accuracy >= 0.75 > chance_joint_accuracy(cmd) + 0.6, scores
+
+
+@pytest.mark.xfail(reason="the issue's target; measured 0.84-0.92 at 32 px (key errors: diagonal vs pure)", strict=False)
+def test_ground_truth_renders_reach_the_issue_target(renders):
+    scores, _ = _ground_truth_scores(renders)
+    assert scores.joint_accuracy >= 0.95, scores
 
 
 def test_copy_last_frame_and_shuffled_actions_stay_at_chance(renders):
@@ -99,13 +116,23 @@ def test_copy_last_frame_and_shuffled_actions_stay_at_chance(renders):
     rng = np.random.default_rng(1)
     for frames, commanded in renders:
         frozen = np.repeat(frames[:1], len(frames), axis=0)
-        pred += label_chunks(frames, 8)
-        shuffled += label_chunks(frozen, 8)
+        pred += label_chunks(frames, 4)
+        shuffled += label_chunks(frozen, 4)
         cmd += commanded
     assert score_labels(shuffled, cmd).joint_accuracy <= chance_joint_accuracy(cmd) + 0.05
     # Labels of one clip scored against another clip's commands: no better than chance.
     order = rng.permutation(len(cmd))
     assert score_labels([pred[i] for i in order], cmd).joint_accuracy <= chance_joint_accuracy(cmd) + 0.08
+
+
+def test_calibration_recovers_thresholds_that_fit(renders):
+    from yume.tasks.instruction_following import calibrate_thresholds, chunk_motions
+
+    est, cfg = FlowMotionEstimator(), IFMetricConfig()
+    motions = np.concatenate([chunk_motions(f, list(range(1, len(f) - 3, 4)), 4, cfg, est) for f, _ in renders])
+    cmd = [a for _, c in renders for a in c]
+    _, joint = calibrate_thresholds(motions, cmd, cfg)
+    assert joint >= score_labels([classify(m, cfg) for m in motions], cmd).joint_accuracy
 
 
 def test_score_labels_checks_lengths():
@@ -115,5 +142,5 @@ def test_score_labels_checks_lengths():
 
 def test_static_clip_estimates_no_motion():
     """Regression: a frozen clip (zero flow) made the depth refinement divide 0 by 0 and lstsq fail."""
-    frames = np.repeat(_renders(1, jitter=0.0, chunks=2)[0][0][:1], 17, axis=0)
-    assert label_chunks(frames, 8) == [("None", "·"), ("None", "·")]
+    frames = np.repeat(_renders(1, jitter=0.0, chunks=2)[0][0][:1], 9, axis=0)
+    assert label_chunks(frames, 4) == [("None", "·"), ("None", "·")]
