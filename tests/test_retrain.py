@@ -106,3 +106,63 @@ def test_retrain_twice_hits_every_stage_and_a_change_reruns_only_downstream(tmp_
     fourth = retrain(profile="tiny", workdir=str(work), overrides=changed)
     assert fourth["stages_run"] == ["recaption"]
     assert read_manifest(work / "manifests" / "captions").to_pylist() == captions
+
+
+def _manifests(work) -> dict[str, list[str]]:
+    """Every manifest's rows (ids, all columns, content hashes), sorted by id, with the work directory masked."""
+    out = {}
+    for d in sorted((work / "manifests").iterdir()):
+        rows = sorted(read_manifest(d).to_pylist(), key=lambda r: r["id"])
+        for r in rows:  # tiny's simulated reviewer stamps its decisions with the time it wrote them
+            if r.get("reviewer") == "ground-truth (procedural)":
+                r["decided_at"] = "<derived>"
+        out[d.name] = [json.dumps(r, sort_keys=True, default=str).replace(str(work), "<work>") for r in rows]
+    return out
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_manifests_identical_to_an_uninterrupted_run(tmp_path, prefect_harness, ray_local):
+    """SIGKILL `yume demo` while score_and_filter is mid-way (some shards scored), run it again: finished stages
+    are cache hits, finished shards are reused, and every manifest equals an uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from prefect.settings import PREFECT_API_URL
+
+    from yume.flows.retrain import retrain
+
+    overrides = ["world.n_clips=8", "score_and_filter.shard_size=2", "train.max_steps=2", "train.eval.enabled=false"]
+    reference = tmp_path / "reference"
+    retrain(profile="tiny", workdir=str(reference), overrides=overrides)
+
+    work = tmp_path / "killed"
+    yume = Path(sys.executable).parent / "yume"
+    cmd = [str(yume), "demo", "--workdir", str(work)] + [a for o in overrides for a in ("--set", o)]
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    scored = work / "cache" / "score_and_filter"
+    deadline = time.monotonic() + 300
+    try:
+        while not (scored.is_dir() and any(scored.glob("*.json"))):
+            assert proc.poll() is None, "the run ended before score_and_filter started"
+            assert time.monotonic() < deadline, "score_and_filter never started"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the CLI, its in-process Ray and anything else it started
+        proc.wait(timeout=60)
+    assert not (work / "manifests" / "scores").exists() or not any((work / "manifests" / "scores").glob("_SUCCESS*"))
+    assert not (work / "manifests" / "train").exists()
+
+    again = retrain(profile="tiny", workdir=str(work), overrides=overrides)
+    from yume.versioning import source_hash
+
+    if source_hash.__wrapped__() == source_hash():
+        assert again["stages_run"] == ["score_and_filter", "build_training_set", "train_foundation"]
+        assert again["stages"]["score_and_filter"]["shards_cached"] >= 1  # scored shards were not redone
+    else:  # the package source was edited while this test ran (shared checkout): every code version changed
+        assert {"score_and_filter", "build_training_set", "train_foundation"} <= set(again["stages_run"])
+    assert _manifests(work) == _manifests(reference)
+    assert retrain(profile="tiny", workdir=str(work), overrides=overrides)["stages_run"] == []  # nothing left to do
