@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from yume.datasets.procedural import ProceduralWorldConfig
 from yume.models.config import MODEL_CONFIGS, ModelConfig
 from yume.models.train_config import SamplerConfig, TrainConfig, TrainingSetConfig
+from yume.models.distill_config import DistillConfig
 from yume.tasks.actions import ActionConfig
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
@@ -242,6 +243,8 @@ class Profile(StrictModel):
     training_set: TrainingSetConfig = TrainingSetConfig()
     train: TrainConfig = TrainConfig()
     sampler: SamplerConfig = SamplerConfig()
+    # Distillation (issue 5): the 4-step generator; `distill.evaluate` configures the evaluate stage.
+    distill: DistillConfig = DistillConfig()
 
     @property
     def workdir_path(self) -> Path:
