@@ -71,6 +71,7 @@ class EvaluateConfig(StrictModel):
     euler_shift: float | None = Field(None, gt=0, description="shift of the Euler grid (None: sampler.shift)")
     guidance: float = Field(1.0, ge=0, description="CFG of every candidate (Yume's 4-step inference: none)")
     batch_size: int = Field(8, ge=1)
+    device: str = Field("auto", description="where candidates run: auto (cuda if available), cpu, cuda, cuda:N")
     latency_repeats: int = Field(3, ge=1, description="batch-1 rollouts timed per candidate (median per chunk)")
     strip_chunks: int = Field(6, ge=1, description="chunks shown in each report frame strip")
     scorer: Literal["lite", "vbench", "auto"] = Field("auto", description="auto: score_and_filter.scorer")

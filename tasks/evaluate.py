@@ -156,12 +156,27 @@ class Candidate:
     description: str
 
 
+def _recorded_schedule(path: str | Path, default):
+    """The few-step schedule a generator recorded in its ``yume_model.json`` (``sampler``), else ``default``."""
+    meta_file = Path(path) / "yume_model.json"
+    if not meta_file.is_file():
+        return default
+    s = json.loads(meta_file.read_text()).get("sampler") or {}
+    upd = {k: v for k, v in s.items() if k in ("schedule", "renoise_timesteps", "shift", "steps") and v}
+    return default.model_copy(update=upd)
+
+
 def candidates(profile, ecfg, foundation: str | Path | None, distilled: str | Path | None,
                promoted: str | Path | None) -> list[Candidate]:
+    """The candidates present on disk. The foundation's few-step run uses the distilled generator's schedule
+    (recorded in its ``yume_model.json``; the profile's ``distill.timesteps`` / ``shift`` otherwise)."""
     from yume.tasks.distill import distilled_sampler_config
 
     base = profile.sampler.model_copy(update={"guidance": ecfg.guidance})
     few = distilled_sampler_config(profile, base).model_copy(update={"guidance": ecfg.guidance})
+    has_distilled = bool(distilled and Path(distilled).exists())
+    if has_distilled:
+        few = _recorded_schedule(distilled, few)
     out = []
     if foundation and Path(foundation).exists():
         euler = base.model_copy(update={"schedule": "euler", "steps": ecfg.euler_steps,
@@ -170,17 +185,13 @@ def candidates(profile, ecfg, foundation: str | Path | None, distilled: str | Pa
                              f"foundation, {ecfg.euler_steps} Euler steps (shift {euler.shift})"))
         out.append(Candidate("foundation_renoise4", str(foundation), few.model_dump(mode="json"),
                              f"foundation, {len(few.renoise_timesteps)}-step renoise (shift {few.shift})"))
-    if distilled and Path(distilled).exists():
+    if has_distilled:
         out.append(Candidate("distilled_4step", str(distilled), few.model_dump(mode="json"),
                              f"distilled generator, {len(few.renoise_timesteps)}-step renoise (shift {few.shift})"))
     if promoted and Path(promoted).exists():
-        cfg = few
-        meta_file = Path(promoted) / "yume_model.json"
-        if meta_file.is_file():
-            s = json.loads(meta_file.read_text()).get("sampler") or {}
-            upd = {k: v for k, v in s.items() if k in ("schedule", "renoise_timesteps", "shift", "steps") and v}
-            cfg = few.model_copy(update=upd)
-        out.append(Candidate("promoted", str(promoted), cfg.model_dump(mode="json"), "currently promoted generator"))
+        cfg = _recorded_schedule(promoted, few)
+        out.append(Candidate("promoted", str(promoted), cfg.model_dump(mode="json"),
+                             f"currently promoted generator ({cfg.schedule}, shift {cfg.shift})"))
     return out
 
 
@@ -195,6 +206,7 @@ def timed_rollout(sampler, image: np.ndarray, actions: list[tuple[str, str]], ev
         shape = sampler.latent_shape(1, *image.shape[:2])
         times, frames = [], [image[None, None]]
         for c in range(len(actions)):
+            _sync(sampler.device)
             t0 = time.perf_counter()
             text = sampler.text([actions[c]], [events[c]])
             hist = history
@@ -204,8 +216,16 @@ def timed_rollout(sampler, image: np.ndarray, actions: list[tuple[str, str]], ev
             z = sampler.denoise(shape, text, hist, g)
             frames.append(sampler.decode_chunk(history, z))
             history = torch.cat([history, z], 2)
+            _sync(sampler.device)
             times.append(time.perf_counter() - t0)
     return np.concatenate(frames, 1)[0], times
+
+
+def _sync(device) -> None:
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _segments(n_chunks: int, segments: int) -> list[range]:
@@ -221,7 +241,10 @@ def evaluate_candidate(cand: Candidate, worlds: BenchWorlds, profile, ecfg, mcfg
     from yume.tasks.instruction_following import label_chunks, score_labels
 
     started = time.perf_counter()
-    sampler = WorldSampler.from_checkpoint(cand.path, SamplerConfig.model_validate(cand.sampler),
+    import torch
+
+    device = ecfg.device if ecfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    sampler = WorldSampler.from_checkpoint(cand.path, SamplerConfig.model_validate(cand.sampler), device=device,
                                            text_cache_dir=text_cache_dir)
     n, C, L = worlds.frames.shape[0], len(worlds.commanded[0]), worlds.chunk_len
     # Rollouts from the first frame, own history, the event prompts per chunk.
