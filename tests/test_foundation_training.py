@@ -353,3 +353,15 @@ def test_yume_generate_writes_an_mp4(trained, tmp_path):
     with pytest.raises(SystemExit):  # neither --image nor --prompt
         main(["generate", "--checkpoint", str(final), "--actions", "W:>", "--out", str(out2)])
     assert main(["generate", "--checkpoint", str(final), "--prompt", "x", "--actions", "Q:>", "--out", str(out2)]) == 2
+
+
+def test_bench_train_prints_throughput(capsys):
+    from yume.tasks.bench_train import main
+
+    assert main(["--steps", "2", "--warmup", "1", "--batch", "2", "--history", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["prediction_tokens"] == 4 * 16 and out["history_tokens"] > 0 and out["batch"] == 2
+    assert out["samples_per_second"] > 0 and out["tokens_per_second"] == pytest.approx(
+        out["samples_per_second"] * 64, rel=0.01)
+    assert out["model_tflops_per_step"] > 0
+    assert main(["--profile", "yume15"]) == 2  # the 5B step needs a GPU: a clear refusal, not an OOM

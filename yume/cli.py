@@ -87,6 +87,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from yume.models.bench_tscm import main as bench
     elif args.what == "curation":
         from yume.tasks.bench_curation import main as bench
+    elif args.what == "train":
+        from yume.tasks.bench_train import main as bench
     else:  # pragma: no cover - argparse restricts choices
         raise ValueError(args.what)
     return bench(args.rest + (["--json"] if args.json else []))
@@ -186,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_actions)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
-    p.add_argument("what", choices=["actions", "tscm", "curation"])
+    p.add_argument("what", choices=["actions", "tscm", "curation", "train"])
     p.add_argument("--json", action="store_true")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_bench)
