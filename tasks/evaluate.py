@@ -106,15 +106,6 @@ def render_bench_worlds(profile, ecfg, chunk_len: int, stride: int) -> BenchWorl
     return BenchWorlds(np.stack(frames), commanded, events, chunk_len, stride)
 
 
-def metric_config(profile, ecfg, stride: int):
-    from yume.tasks.instruction_following import IFMetricConfig
-
-    over = dict(ecfg.metric)
-    over.setdefault("pair_gap", max(1, round(4 / stride)))
-    over.setdefault("fov_deg", profile.world.fov_deg if profile.world else 70.0)
-    return IFMetricConfig(**over)
-
-
 # ------------------------------------------------------------------------------------------ scorer
 
 
@@ -594,6 +585,7 @@ def run_evaluation(profile, foundation: str | Path | None, distilled: str | Path
     from yume.models.codecs import build_codec
     from yume.models.config import ModelConfig
     from yume.models.distill_config import evaluate_config
+    from yume.tasks.foundation_eval import metric_config
     from yume.tasks.instruction_following import FlowMotionEstimator
 
     started = time.perf_counter()
@@ -607,7 +599,7 @@ def run_evaluation(profile, foundation: str | Path | None, distilled: str | Path
     L = chunk * build_codec(mcfg_model.codec).temporal_factor
     stride = frame_stride(profile.world.fps if profile.world else 30, profile.train.fps)
     worlds = render_bench_worlds(profile, ecfg, L, stride)
-    mcfg = metric_config(profile, ecfg, stride)
+    mcfg = metric_config(profile, ecfg.metric)
     est = FlowMotionEstimator(mcfg)
     scorer, policy = build_scorer(profile, ecfg)
     results, rolls = {}, {}

@@ -144,3 +144,20 @@ def test_static_clip_estimates_no_motion():
     """Regression: a frozen clip (zero flow) made the depth refinement divide 0 by 0 and lstsq fail."""
     frames = np.repeat(_renders(1, jitter=0.0, chunks=2)[0][0][:1], 9, axis=0)
     assert label_chunks(frames, 4) == [("None", "·"), ("None", "·")]
+
+
+def test_the_tiny_profiles_evaluation_worlds_are_scored_at_the_calibrated_settings(tmp_path):
+    """Regression: the evaluations scaled ``pair_gap`` by the render stride (2 at 16 fps from 30), halving the
+    motion per flow pair against thresholds calibrated at gap 1: the metric scored 0.57 on ground truth."""
+    from yume.config import load_profile
+    from yume.tasks.foundation_eval import metric_config, render_eval_worlds
+
+    profile = load_profile("tiny", tmp_path, ["train.eval.clips=6"])
+    cfg = metric_config(profile)
+    assert cfg.pair_gap == IFMetricConfig().pair_gap == 1
+    assert metric_config(profile, {"pair_gap": 3}).pair_gap == 3  # eval.metric / distill.evaluate.metric override
+    worlds = render_eval_worlds(profile, 4, 2)
+    est = FlowMotionEstimator(cfg)
+    pred = [lab for clip in worlds.frames for lab in label_chunks(clip, 4, cfg, estimator=est)]
+    cmd = [a for clip in worlds.commanded for a in clip]
+    assert score_labels(pred, cmd).joint_accuracy >= 0.75
