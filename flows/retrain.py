@@ -2,8 +2,12 @@
 it depends on changed.
 
 Stages: curate_real, recaption, synthesize_t2v, synthesize_events, score_and_filter, build_training_set,
-train_foundation (later stages append a `Stage` to ``STAGES``). Each is a subflow that reads upstream manifests
-from the work directory, so any stage can also be re-run alone. `yume demo` runs this flow on `tiny`.
+train_foundation, distill, evaluate. Each is a subflow that reads upstream manifests (or checkpoints) from the
+work directory, so any stage can also be re-run alone. `yume demo` runs this flow on `tiny`.
+
+The evaluation gate: the last stage runs ``evaluate`` with ``promote=True``, so the distilled generator is
+promoted (``checkpoints/promoted.json``) only if no metric regresses beyond its tolerance against the promoted
+one (``distill.evaluate.promotion``); the decision is in the run's result (``promotion``).
 
 Stage cache. Every stage runs inside a Prefect task whose cache key (``cache_key_fn``) covers
 
@@ -44,6 +48,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from yume.config import Profile, config_hash, load_profile, record_config, stage_hash
 from yume.flows.build_training_set import build_training_set
 from yume.flows.curate_real import curate_real
+from yume.flows.distill import distill
+from yume.flows.evaluate import evaluate
 from yume.flows.recaption import recaption
 from yume.flows.reporting import write_metrics
 from yume.flows.score_and_filter import score_and_filter
@@ -73,7 +79,7 @@ class Stage:
     writes: tuple[str, ...] = ()  # outputs checked on a cache hit (a deleted or edited one reruns the stage)
     items_in: str | None = None  # key of the stage's summary that counts its input items
     manifest: str | None = None  # the stage's own manifest (ok / quarantined counts)
-    version_section: str | None = None  # config section holding the stage's ``stage_version`` (default: its name)
+    version_section: str | None = None  # (dotted) config section holding its ``stage_version`` (default: its name)
     extra_reads: Callable[[Profile], dict] = field(default=lambda cfg: {})  # name -> absolute path (content-hashed)
     extra_writes: Callable[[Profile], dict] = field(default=lambda cfg: {})
 
@@ -113,6 +119,16 @@ def _events_writes(cfg: Profile) -> dict:
             else str(cfg.workdir_path / "review" / "events" / "decisions.csv")}
 
 
+def evaluate_and_gate(profile: str = "tiny", workdir: str | None = None, overrides: list[str] | None = None) -> dict:
+    """The retrain DAG's last stage: ``evaluate`` with the promotion rule applied."""
+    return evaluate(profile=profile, workdir=workdir, overrides=overrides, promote=True)
+
+
+def _evaluate_writes(cfg: Profile) -> dict:
+    # The promotion record is the gate's output: an edited or deleted record re-runs the evaluation.
+    return {"promoted": str(cfg.workdir_path / "checkpoints" / "promoted.json")}
+
+
 STAGES: list[Stage] = [
     Stage("curate_real", curate_real, ("data", "world", "actions", "curate_real"),
           writes=("manifests/real",), items_in="clips", manifest="manifests/real",
@@ -138,13 +154,22 @@ STAGES: list[Stage] = [
           # the key); it is not read as an input because build_training_set rewrites its run report on every run.
           reads=("manifests/train",), writes=("checkpoints/foundation",), items_in="samples_seen",
           version_section="train"),
+    Stage("distill", distill, ("model", "train", "distill"), reads=("checkpoints/foundation/final",),
+          writes=("checkpoints/distill",), items_in="iterations"),
+    # The evaluation's settings live in distill.evaluate (its key covers the whole distill section).
+    Stage("evaluate", evaluate_and_gate, ("model", "distill", "sampler", "train", "world", "score_and_filter"),
+          reads=("checkpoints/foundation/final", "checkpoints/distill/final"), writes=("reports/evaluate",),
+          version_section="distill.evaluate", extra_writes=_evaluate_writes),
 ]
 STAGE_BY_NAME = {s.name: s for s in STAGES}
 SUMMARY_COLUMNS = ("stage", "items_in", "ok", "quarantined", "wall_seconds", "cache_hit", "note")
 
 
 def _stage_version(cfg: Profile, stage: Stage) -> str:
-    return str(getattr(getattr(cfg, stage.version_section or stage.name, None), "stage_version", "1"))
+    section = cfg
+    for part in (stage.version_section or stage.name).split("."):  # dotted: a nested section (distill.evaluate)
+        section = getattr(section, part, None)
+    return str(getattr(section, "stage_version", "1"))
 
 
 def stage_inputs(cfg: Profile, stage: Stage) -> dict:
@@ -223,7 +248,8 @@ def result_storage(cfg: Profile):
 
 def _note(name: str, summary: dict) -> str:
     keys = {"train_foundation": ("global_step", "stopped_by"), "score_and_filter": ("selected",),
-            "synthesize_events": ("accepted", "rejected", "pending"), "build_training_set": ("rows",)}.get(name, ())
+            "synthesize_events": ("accepted", "rejected", "pending"), "build_training_set": ("rows",),
+            "distill": ("iterations", "stopped_by"), "evaluate": ("promotion",)}.get(name, ())
     return ", ".join(f"{k}={summary[k]}" for k in keys if summary.get(k) is not None)
 
 
@@ -276,6 +302,7 @@ def retrain(profile: str = "tiny", workdir: str | None = None, overrides: list[s
         "config_hash": config_hash(cfg),
         "cache_hits": hits,
         "stages_run": [r["stage"] for r in rows if not r["cache_hit"]],
+        "promotion": records["evaluate"]["summary"].get("promotion"),  # the gate: was the new generator promoted
         "summary": rows,
         "stages": {name: {**r["summary"], "stage_seconds": r["wall_seconds"], "cache_hit": r["cache_hit"]}
                    for name, r in records.items()},

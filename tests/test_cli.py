@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 
 from yume.datasets.trajectory import TrajectoryConfig, scripted_trajectory
+from yume.flows import STAGE_NAMES
 from yume.tasks.action_text import KEY_LABELS, MOUSE_LABELS
 
 YUME = [str(Path(sys.executable).parent / "yume")]
 
 
-def run(*args, check=True, **kw):
+def run(*args, check=True, timeout=600, **kw):
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    proc = subprocess.run(YUME + list(args), capture_output=True, text=True, env=env, timeout=1200, **kw)
+    proc = subprocess.run(YUME + list(args), capture_output=True, text=True, env=env, timeout=timeout, **kw)
     if check and proc.returncode != 0:
         raise AssertionError(f"yume {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
@@ -65,8 +66,9 @@ def test_bench_actions_prints_one_json_line():
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
     work = tmp_path / "demo"
-    proc = run("demo", "--workdir", str(work))
+    proc = run("demo", "--workdir", str(work), timeout=1800)  # the bound: 25 minutes on 2 cores
     summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert summary["stages_run"] == list(STAGE_NAMES)
     assert summary["stages"]["curate_real"]["segments_ok"] > 0
     manifest = work / "manifests" / "real"
     assert run("manifest", "validate", str(manifest)).returncode == 0
@@ -81,6 +83,17 @@ def test_demo_end_to_end(tmp_path):
         assert run("manifest", "validate", str(work / "manifests" / kind)).returncode == 0
     scores = json.loads(run("manifest", "show", str(work / "manifests" / "scores"), "--json").stdout)
     assert set(scores["by_upstream_kind"]) == {"real", "synthetic", "events"}
+    # Training, distillation and the evaluation gate wrote their figures under the named keys.
+    trained = json.loads((work / "reports" / "train_foundation" / "metrics.json").read_text())
+    for k in ("joint_accuracy", "if_score", "rollout_joint_accuracy", "metric_ceiling_joint_accuracy",
+              "copy_last_joint_accuracy", "no_action_joint_accuracy", "first_chunk_mse", "copy_last_first_chunk_mse",
+              "train_seconds"):
+        assert isinstance(trained[k], float), k
+    assert trained["train_seconds"] <= 10 * 60 + 60  # the training budget (Lightning's timer + a step)
+    evaluated = json.loads((work / "reports" / "evaluate" / "metrics.json").read_text())
+    assert set(evaluated["candidates"]) >= {"foundation_euler20", "foundation_renoise4", "distilled_4step"}
+    assert (work / "reports" / "evaluate" / "index.html").is_file()
+    assert summary["promotion"] is True and (work / "checkpoints" / "promoted.json").is_file()  # first generator
     # Tamper with a shard: validate must now fail.
     part = next(manifest.glob("part-*.parquet"))
     part.write_bytes(part.read_bytes()[:-20])

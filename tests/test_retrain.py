@@ -15,6 +15,10 @@ from yume.datasets.manifest import REAL, read_manifest, write_shard
 from yume.flows.stage_utils import manifest_digest, path_digest, status_counts
 
 FAST = ["world.n_clips=8", "train.max_steps=4", "train.eval.enabled=false"]
+# Distillation and the evaluation gate at their smallest (the machinery, not the figures).
+FAST_DISTILL = ["distill.max_steps=2", "distill.batch_size=2", "distill.chunks=2", "distill.starts.count=2",
+                "distill.starts.supersample=1", "distill.evaluate.clips=1", "distill.evaluate.euler_steps=2",
+                "distill.evaluate.latency_repeats=1", "distill.evaluate.supersample=1", "distill.evaluate.strip_chunks=2"]
 
 
 def _row(i, status="ok"):
@@ -76,10 +80,11 @@ def test_retrain_twice_hits_every_stage_and_a_change_reruns_only_downstream(tmp_
     from yume.flows.retrain import retrain
 
     work = tmp_path / "work"
+    fast = FAST + FAST_DISTILL
     t0 = time.perf_counter()
-    first = retrain(profile="tiny", workdir=str(work), overrides=FAST)
+    first = retrain(profile="tiny", workdir=str(work), overrides=fast)
     t1 = time.perf_counter()
-    second = retrain(profile="tiny", workdir=str(work), overrides=FAST)
+    second = retrain(profile="tiny", workdir=str(work), overrides=fast)
     t2 = time.perf_counter()
     print(f"retrain first {t1 - t0:.1f} s, second {t2 - t1:.1f} s, ratio {(t2 - t1) / (t1 - t0):.3f}")
 
@@ -94,17 +99,23 @@ def test_retrain_twice_hits_every_stage_and_a_change_reruns_only_downstream(tmp_
     assert set(by_stage["train_foundation"]) >= {"items_in", "ok", "quarantined", "wall_seconds", "cache_hit"}
     report = json.loads((work / "reports" / "retrain" / "metrics.json").read_text())
     assert report["cache_hits"] == len(STAGE_NAMES)
+    # The evaluation gate ran at the end: the first distilled generator is promoted (nothing was before it).
+    assert first["promotion"] is True and (work / "checkpoints" / "promoted.json").is_file()
+    assert (work / "reports" / "evaluate" / "index.html").is_file()
 
     # One stage's config changes: that stage and what reads its output rerun, nothing upstream.
-    changed = FAST + ["score_and_filter.selection.real.top_fraction=0.5"]
+    changed = fast + ["score_and_filter.selection.real.top_fraction=0.5"]
     third = retrain(profile="tiny", workdir=str(work), overrides=changed)
-    assert third["stages_run"] == ["score_and_filter", "build_training_set", "train_foundation"]
+    assert third["stages_run"] == ["score_and_filter", "build_training_set", "train_foundation", "distill", "evaluate"]
+    # Only distillation's settings change: distill and the evaluation rerun, training stays cached.
+    fourth = retrain(profile="tiny", workdir=str(work), overrides=changed + ["distill.max_steps=3"])
+    assert fourth["stages_run"] == ["distill", "evaluate"]
 
     # A deleted manifest is rebuilt; identical bytes leave everything downstream cached.
     captions = read_manifest(work / "manifests" / "captions").to_pylist()
     shutil.rmtree(work / "manifests" / "captions")
-    fourth = retrain(profile="tiny", workdir=str(work), overrides=changed)
-    assert fourth["stages_run"] == ["recaption"]
+    fifth = retrain(profile="tiny", workdir=str(work), overrides=changed + ["distill.max_steps=3"])
+    assert fifth["stages_run"] == ["recaption"]
     assert read_manifest(work / "manifests" / "captions").to_pylist() == captions
 
 
@@ -134,7 +145,8 @@ def test_killed_run_resumes_to_manifests_identical_to_an_uninterrupted_run(tmp_p
 
     from yume.flows.retrain import retrain
 
-    overrides = ["world.n_clips=8", "score_and_filter.shard_size=2", "train.max_steps=2", "train.eval.enabled=false"]
+    overrides = ["world.n_clips=8", "score_and_filter.shard_size=2", "train.max_steps=2", "train.eval.enabled=false",
+                 *FAST_DISTILL]
     reference = tmp_path / "reference"
     retrain(profile="tiny", workdir=str(reference), overrides=overrides)
 
@@ -160,9 +172,10 @@ def test_killed_run_resumes_to_manifests_identical_to_an_uninterrupted_run(tmp_p
     from yume.versioning import source_hash
 
     if source_hash.__wrapped__() == source_hash():
-        assert again["stages_run"] == ["score_and_filter", "build_training_set", "train_foundation"]
+        assert again["stages_run"] == ["score_and_filter", "build_training_set", "train_foundation", "distill",
+                                       "evaluate"]
         assert again["stages"]["score_and_filter"]["shards_cached"] >= 1  # scored shards were not redone
     else:  # the package source was edited while this test ran (shared checkout): every code version changed
-        assert {"score_and_filter", "build_training_set", "train_foundation"} <= set(again["stages_run"])
+        assert {"score_and_filter", "build_training_set", "train_foundation", "distill"} <= set(again["stages_run"])
     assert _manifests(work) == _manifests(reference)
     assert retrain(profile="tiny", workdir=str(work), overrides=overrides)["stages_run"] == []  # nothing left to do
