@@ -14,7 +14,7 @@ from yume.config import load_profile
 from yume.datasets.manifest import REAL, read_manifest, write_shard
 from yume.flows.stage_utils import manifest_digest, path_digest, status_counts
 
-FAST = ["world.n_clips=8", "train.max_steps=4", "train.eval.enabled=false"]
+FAST = ["world.n_clips=8", "training_set.worlds.n_clips=4", "train.max_steps=4", "train.eval.enabled=false"]
 # Distillation and the evaluation gate at their smallest (the machinery, not the figures).
 FAST_DISTILL = ["distill.max_steps=2", "distill.batch_size=2", "distill.chunks=2", "distill.starts.count=2",
                 "distill.starts.supersample=1", "distill.evaluate.clips=1", "distill.evaluate.euler_steps=2",
@@ -145,7 +145,8 @@ def test_killed_run_resumes_to_manifests_identical_to_an_uninterrupted_run(tmp_p
 
     from yume.flows.retrain import retrain
 
-    overrides = ["world.n_clips=8", "score_and_filter.shard_size=2", "train.max_steps=2", "train.eval.enabled=false",
+    overrides = ["world.n_clips=8", "training_set.worlds.n_clips=4", "score_and_filter.shard_size=2", "train.max_steps=2",
+                 "train.eval.enabled=false",
                  *FAST_DISTILL]
     reference = tmp_path / "reference"
     retrain(profile="tiny", workdir=str(reference), overrides=overrides)
