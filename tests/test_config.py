@@ -72,3 +72,14 @@ def test_unknown_model_preset_and_key_are_named():
         load_profile("tiny", overrides=["model.preset=huge"])
     with pytest.raises(ConfigError, match="model.dit.num_layerz"):
         load_profile("tiny", overrides=["model.dit.num_layerz=2"])
+
+
+def test_yume15_trains_on_a100_workers_with_the_papers_settings(tmp_path):
+    """The paper profile's training and distillation run on Ray Train A100 workers (not the in-process defaults),
+    predict velocity as the real Wan weights do, and use the 5B model's shift 7."""
+    p = load_profile("yume15", workdir=tmp_path)
+    for ray in (p.train.ray, p.distill.ray):
+        assert ray.enabled and ray.use_gpu and ray.accelerator_type == "A100"
+    assert p.train.ray.num_workers * p.train.batch_size == 40
+    assert p.train.prediction == "velocity" and p.train.t_shift == 7.0 and p.distill.shift == 7.0
+    assert (p.train.height, p.train.width) == (704, 1280)
