@@ -49,10 +49,7 @@ def run(profile, chunk_len: int, metric: dict | None = None, worlds=None) -> dic
     stride = frame_stride(profile.world.fps if profile.world else 30, profile.train.fps)
     w = worlds or render_eval_worlds(profile, chunk_len, stride)
     t_render = time.perf_counter() - t0
-    mcfg = metric_config(profile)
-    if metric:
-        mcfg = mcfg.model_copy(update=metric)
-        mcfg = type(mcfg).model_validate(mcfg.model_dump())
+    mcfg = metric_config(profile, {**profile.train.eval.metric, **(metric or {})})
     est = FlowMotionEstimator(mcfg)
     cmd = [a for clip in w.commanded for a in clip]
     t0 = time.perf_counter()

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
 
 import torch
+
+from yume.models.bench_tscm import _sync
 
 
 def measured_matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 8192, repeats: int = 10) -> float:
@@ -36,11 +37,6 @@ def measured_matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 8192
         a @ b
     _sync(device)
     return 2 * n**3 * repeats / (time.perf_counter() - t0)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def step_flops(model, cfg, history_frames: int, height: int, width: int, chunk: int, text_tokens: int) -> dict:
