@@ -66,7 +66,7 @@ def test_bench_actions_prints_one_json_line():
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
     work = tmp_path / "demo"
-    proc = run("demo", "--workdir", str(work), timeout=1800)  # the issue's bound: 25 minutes on 2 cores
+    proc = run("demo", "--workdir", str(work), timeout=1800)  # the issue bounds the demo at 25 min; 30 leaves margin
     summary = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert summary["stages_run"] == list(STAGE_NAMES)
     assert summary["stages"]["curate_real"]["segments_ok"] > 0
