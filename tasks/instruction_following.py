@@ -45,6 +45,11 @@ PARAMS = ("tx", "ty", "tz", "wx", "wy", "wz")
 
 
 class IFMetricConfig(BaseModel):
+    """The metric's settings. The six classification thresholds are ``calibrate_thresholds`` on the motions of
+    48 ground-truth clips x 12 chunks (tiny eval speeds, world seed 777, all 81 labels), then checked on the
+    held-out evaluation worlds (seed 20000): joint 0.89 there, from 0.84 with the previous thresholds and one
+    IRLS round. Calibration and check use different worlds, so the figure is not fitted to the check."""
+
     model_config = ConfigDict(extra="forbid")
 
     fov_deg: float = Field(70.0, gt=10, lt=150, description="horizontal field of view of the clips")
@@ -52,7 +57,8 @@ class IFMetricConfig(BaseModel):
     margin: float = Field(0.06, ge=0, lt=0.4, description="border fraction ignored (flow is unreliable there)")
     sample_stride: int = Field(4, ge=1, description="use every n-th flow vector (after upscaling)")
     pitch_grid: tuple[float, float, int] = Field((-0.4, 0.4, 9), description="camera pitch search, rad")
-    irls_iterations: int = Field(1, ge=0)
+    irls_iterations: int = Field(3, ge=0, description="robust re-weighting rounds of the motion fit (1 -> 3 "
+                                 "lifts the ground-truth ceiling at 32 px from 0.84 to 0.87)")
     texture_weighting: bool = Field(True, description="weight flow vectors by local texture (cornerMinEigenVal)")
     depth_iterations: int = Field(8, ge=0, description="rounds of per-pixel inverse-depth refinement")
     ground_prior: float = Field(1.0, ge=0, description="pull of below-horizon pixels to the ground plane")
@@ -61,14 +67,14 @@ class IFMetricConfig(BaseModel):
         1, ge=1, description="frames between the two frames of a flow pair: sub-pixel per-frame motion is too "
         "small for DIS at 32 px, while spans over ~8 frames move too far for a linear motion field")
     heading_frame: bool = Field(True, description="classify keys from the translation in the heading frame")
-    move_threshold: float = Field(0.061, gt=0, description="camera heights/frame below which keys are None")
-    axis_ratio: float = Field(0.8, ge=0, lt=1, description="forward counts if |forward| > ratio * |lateral|")
-    lateral_ratio: float | None = Field(0.2, ge=0, lt=1, description="lateral counts if |lateral| > ratio * "
+    move_threshold: float = Field(0.0407, gt=0, description="camera heights/frame below which keys are None")
+    axis_ratio: float = Field(0.6, ge=0, lt=1, description="forward counts if |forward| > ratio * |lateral|")
+    lateral_ratio: float | None = Field(0.4, ge=0, lt=1, description="lateral counts if |lateral| > ratio * "
                                         "|forward|; None: axis_ratio")
-    forward_gain: float = Field(1.5, gt=0, description="forward translation is scaled by this before the key rule "
+    forward_gain: float = Field(1.25, gt=0, description="forward translation is scaled by this before the key rule "
                                 "(the fit underestimates it against the lateral one)")
-    yaw_threshold: float = Field(0.0334, gt=0, description="rad/frame")
-    pitch_threshold: float = Field(0.0139, gt=0, description="rad/frame")
+    yaw_threshold: float = Field(0.0325, gt=0, description="rad/frame")
+    pitch_threshold: float = Field(0.0154, gt=0, description="rad/frame")
 
 
 @dataclass(frozen=True)
