@@ -565,8 +565,8 @@ every key and mouse label commanded ({w['key_labels']} keys, {w['mouse_labels']}
 <h2>Results</h2>{table}{promo}
 <h2>Comparisons</h2><ul>{comp}</ul>
 <h2>Plots</h2>{imgs}
-<h2>Samples</h2><p>Each strip: ground truth (top row) and the candidate's rollouts; start frame, then the last
-frame of each chunk.</p>{strip_html}
+<h2>Samples</h2><p>Each strip: the first worlds' ground truth (upper rows), then the candidate's rollouts of the
+same worlds in the same order (lower rows); start frame, then the last frame of each chunk.</p>{strip_html}
 </body></html>"""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
