@@ -471,7 +471,11 @@ def metric_plots(results: dict[str, dict], out_dir: Path) -> dict[str, str]:
         fig, ax = plt.subplots(figsize=(5.2, 3.2))
         bars = ax.bar(range(len(names)), vals, color=colours[: len(names)])
         ax.bar_label(bars, fmt="%.3g", fontsize=8)
-        ax.margins(y=0.15)
+        # Room above and below zero for the value labels (all-negative drifts put them on the title otherwise).
+        lo, hi = min(0.0, *vals), max(0.0, *vals)
+        pad = 0.15 * ((hi - lo) or 1.0)
+        ax.set_ylim(lo - (pad if lo < 0 else 0.0), hi + pad)
+        ax.axhline(0.0, color="black", linewidth=0.6)
         ax.set_xticks(range(len(names)), names, rotation=15, fontsize=8)
         ax.set_title(f"{label} ({'higher' if higher else 'lower'} is better)", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
