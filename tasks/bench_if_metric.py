@@ -9,6 +9,9 @@ summary), the copy-the-last-frame baseline against chance, and the labelling spe
 
 ``--set`` takes the profile overrides of the CLI (``section.key=value``, YAML values); ``--metric`` takes
 IFMetricConfig overrides as a YAML mapping; ``--chunk-frames`` defaults to the profile model's chunk.
+``--calibrate-seed S`` first fits the thresholds (``calibrate_thresholds``) on other worlds (seed S,
+``--calibrate-clips`` of them) and scores the evaluation worlds with the fitted ones; IFMetricConfig's defaults
+came from ``--calibrate-seed 777 --calibrate-clips 48`` on the tiny profile.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from collections import Counter
 
 import numpy as np
 import yaml
+
+
+THRESHOLDS = ("move_threshold", "axis_ratio", "lateral_ratio", "forward_gain", "yaw_threshold", "pitch_threshold")
 
 
 def confusion_summary(predicted: list[tuple[str, str]], commanded: list[tuple[str, str]], top: int = 10) -> dict:
@@ -40,7 +46,21 @@ def confusion_summary(predicted: list[tuple[str, str]], commanded: list[tuple[st
     return out
 
 
-def run(profile, chunk_len: int, metric: dict | None = None, worlds=None) -> dict:
+def calibrated_metric(profile, chunk_len: int, base, worlds=None):
+    """(IFMetricConfig with thresholds fitted on ``profile``'s evaluation worlds, joint accuracy there)."""
+    from yume.datasets.training_set import frame_stride
+    from yume.tasks.foundation_eval import render_eval_worlds
+    from yume.tasks.instruction_following import FlowMotionEstimator, calibrate_thresholds, chunk_motions, chunk_starts
+
+    stride = frame_stride(profile.world.fps if profile.world else 30, profile.train.fps)
+    w = worlds or render_eval_worlds(profile, chunk_len, stride)
+    est = FlowMotionEstimator(base)
+    motions = np.concatenate([chunk_motions(clip, chunk_starts(len(clip), w.chunk_len), w.chunk_len, base, est)
+                              for clip in w.frames])
+    return calibrate_thresholds(motions, [a for clip in w.commanded for a in clip], base)
+
+
+def run(profile, chunk_len: int, metric: dict | None = None, worlds=None, calibration_profile=None) -> dict:
     from yume.datasets.training_set import frame_stride
     from yume.tasks.foundation_eval import metric_config, render_eval_worlds
     from yume.tasks.instruction_following import FlowMotionEstimator, chance_joint_accuracy, label_chunks, score_labels
@@ -50,6 +70,11 @@ def run(profile, chunk_len: int, metric: dict | None = None, worlds=None) -> dic
     w = worlds or render_eval_worlds(profile, chunk_len, stride)
     t_render = time.perf_counter() - t0
     mcfg = metric_config(profile, {**profile.train.eval.metric, **(metric or {})})
+    calibration = None
+    if calibration_profile is not None:
+        mcfg, joint = calibrated_metric(calibration_profile, chunk_len, mcfg)
+        e = calibration_profile.train.eval
+        calibration = {"seed": e.seed, "clips": e.clips, "chunks": e.chunks, "joint_accuracy": joint}
     est = FlowMotionEstimator(mcfg)
     cmd = [a for clip in w.commanded for a in clip]
     t0 = time.perf_counter()
@@ -66,7 +91,7 @@ def run(profile, chunk_len: int, metric: dict | None = None, worlds=None) -> dic
         "copy_last_joint_accuracy": c.joint_accuracy, "chance_joint_accuracy": chance_joint_accuracy(cmd),
         "chunks_per_second": round(s.chunks / max(t_label, 1e-9), 1),
         "render_seconds": round(t_render, 2), "label_seconds": round(t_label, 2),
-        "metric": mcfg.model_dump(mode="json"),
+        "metric": mcfg.model_dump(mode="json"), "calibration": calibration,
         "trajectory": dict(profile.train.eval.trajectory),
         **confusion_summary(pred, cmd),
     }
@@ -83,6 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--chunks", type=int, default=None, help="train.eval.chunks (default: the profile's, >= 12)")
     ap.add_argument("--seed", type=int, default=None, help="train.eval.seed")
     ap.add_argument("--chunk-frames", type=int, default=None, help="frames per chunk (default: the model's chunk)")
+    ap.add_argument("--calibrate-seed", type=int, default=None, help="fit the thresholds on worlds of this seed first")
+    ap.add_argument("--calibrate-clips", type=int, default=48, help="worlds of the calibration set")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
 
@@ -92,8 +119,10 @@ def main(argv: list[str] | None = None) -> dict:
             sets.append(f"train.eval.{key}={val}")
     with tempfile.TemporaryDirectory(prefix="ifm_bench_") as wd:
         profile = load_profile(args.profile, wd, sets)
+        calib = None if args.calibrate_seed is None else load_profile(
+            args.profile, wd, [*sets, f"train.eval.seed={args.calibrate_seed}", f"train.eval.clips={args.calibrate_clips}"])
     L = args.chunk_frames or int(profile.train.chunk_frames or profile.model.chunk_frames)
-    res = run(profile, L, yaml.safe_load(args.metric) if args.metric else None)
+    res = run(profile, L, yaml.safe_load(args.metric) if args.metric else None, calibration_profile=calib)
     if args.json:
         print(json.dumps(res, ensure_ascii=False))
     else:
@@ -102,6 +131,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"ground truth: key {res['key_accuracy']:.3f}  mouse {res['mouse_accuracy']:.3f}  "
               f"joint {res['joint_accuracy']:.3f}  IF {res['if_score']:.3f}")
         print(f"copy-last joint {res['copy_last_joint_accuracy']:.3f}  chance {res['chance_joint_accuracy']:.3f}")
+        if res["calibration"]:
+            print(f"thresholds fitted on {res['calibration']}: "
+                  f"{ {k: res['metric'][k] for k in THRESHOLDS} }")
         print(f"labelling: {res['chunks_per_second']} chunks/s (render {res['render_seconds']} s)")
         for k in ("keys_accuracy_by_label", "mouse_accuracy_by_label", "keys_top_errors", "mouse_top_errors"):
             print(f"{k}: {res[k]}")

@@ -48,7 +48,8 @@ class IFMetricConfig(BaseModel):
     """The metric's settings. The six classification thresholds are ``calibrate_thresholds`` on the motions of
     48 ground-truth clips x 12 chunks (tiny eval speeds, world seed 777, all 81 labels), then checked on the
     held-out evaluation worlds (seed 20000): joint 0.89 there, from 0.84 with the previous thresholds and one
-    IRLS round. Calibration and check use different worlds, so the figure is not fitted to the check."""
+    IRLS round. Calibration and check use different worlds, so the figure is not fitted to the check.
+    Reproduce: ``python -m yume.tasks.bench_if_metric --calibrate-seed 777 --calibrate-clips 48``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -302,8 +303,13 @@ def label_chunks(
     """(keys, mouse) per chunk of ``chunk_len`` frames, the first starting at ``first_chunk_start`` (>= 1:
     the frame before it anchors the first chunk's motion)."""
     cfg = cfg or IFMetricConfig()
-    starts = list(range(first_chunk_start, len(frames) - chunk_len + 1, chunk_len))
-    return classify_all(chunk_motions(frames, starts, chunk_len, cfg, estimator), cfg)
+    return classify_all(chunk_motions(frames, chunk_starts(len(frames), chunk_len, first_chunk_start), chunk_len, cfg,
+                                      estimator), cfg)
+
+
+def chunk_starts(n_frames: int, chunk_len: int, first_chunk_start: int = 1) -> list[int]:
+    """First frames of the whole chunks of a clip (``label_chunks``' chunks)."""
+    return list(range(first_chunk_start, n_frames - chunk_len + 1, chunk_len))
 
 
 @dataclass(frozen=True)

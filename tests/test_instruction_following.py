@@ -1,6 +1,8 @@
 """Instruction-following metric: the motion-field basis against projected 3-D points, chunk bookkeeping,
 baselines at chance, and accuracy on ground-truth renders of the procedural worlds."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -167,3 +169,28 @@ def test_the_tiny_profiles_evaluation_worlds_are_scored_at_the_calibrated_settin
     pred = [lab for clip in worlds.frames for lab in label_chunks(clip, 4, cfg, estimator=est)]
     cmd = [a for clip in worlds.commanded for a in clip]
     assert score_labels(pred, cmd).joint_accuracy >= 0.75
+
+
+
+def test_bench_calibrates_on_other_worlds_and_scores_the_evaluation_worlds_with_the_fit(tmp_path, capsys):
+    from yume.config import load_profile
+    from yume.tasks import bench_if_metric
+    from yume.tasks.foundation_eval import render_eval_worlds
+
+    res = bench_if_metric.main(["--clips", "2", "--chunks", "6", "--calibrate-seed", "777", "--calibrate-clips", "3",
+                                "--json"])
+    cal = res["calibration"]
+    assert (cal["seed"], cal["clips"], cal["chunks"]) == (777, 3, 6) and res["chunks"] == 12
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["calibration"] == cal
+    # The fitted thresholds are the ones reported, scored on the calibration worlds and applied to the evaluation
+    # worlds (rendered again here: seed 777 x 3 and the profile's seed x 2).
+    fitted = IFMetricConfig(**res["metric"])
+
+    def joint(overrides):
+        p = load_profile("tiny", tmp_path, ["train.eval.chunks=6", *overrides])
+        w = render_eval_worlds(p, 4, 2)
+        pred = [lab for clip in w.frames for lab in label_chunks(clip, 4, fitted)]
+        return score_labels(pred, [a for clip in w.commanded for a in clip]).joint_accuracy
+
+    assert joint(["train.eval.seed=777", "train.eval.clips=3"]) == pytest.approx(cal["joint_accuracy"])
+    assert joint(["train.eval.clips=2"]) == pytest.approx(res["joint_accuracy"])
