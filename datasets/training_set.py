@@ -231,13 +231,18 @@ def trajectory_with(base, overrides: dict):
 
 
 def label_worlds(profile, root: Path) -> list[dict]:
-    """Train rows (source procedural) of the rendered training worlds, labelled by curate_real's code."""
+    """Train rows (source procedural) of the rendered training worlds, labelled by curate_real's code or by
+    their commanded script (``training_set.worlds.labels``)."""
     from yume.datasets.sekai import read_annotations
     from yume.tasks.curate_real import curate_clip
 
+    by_script = profile.training_set.worlds.labels == "script"
+    scripts = script_segments(root) if by_script else {}
     rows = []
     for clip in read_annotations(root):
-        for r in curate_clip(clip, root, profile.actions, profile.curate_real, ""):
+        labelled = (script_rows(clip, root, scripts.get(clip.video_file)) if by_script
+                    else curate_clip(clip, root, profile.actions, profile.curate_real, ""))
+        for r in labelled:
             if r["status"] != "ok":
                 continue
             rows.append({
@@ -250,6 +255,38 @@ def label_worlds(profile, root: Path) -> list[dict]:
                 "i2v_text": None, "image_uri": None, "composite": None, "weight_i2v": 0.0, "weight_t2v": 0.0,
             })
     return rows
+
+
+def script_segments(root: Path) -> dict[str, list[dict]]:
+    """video file -> the commanded script ([{start, end, keys, mouse}], transitions) of rendered worlds."""
+    import pyarrow.parquet as pq
+
+    path = root / "ground_truth" / "clips.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: labels 'script' needs the renderer's ground truth")
+    return {r["video_file"]: json.loads(r["script"]) for r in pq.read_table(path).to_pylist()}
+
+
+def script_rows(clip, root: Path, script: list[dict] | None) -> list[dict]:
+    """curate_real-shaped rows of one rendered clip, a row per script segment (labels from the script).
+    A clip without a script, or whose video is missing or unreadable, gives no rows (logged)."""
+    from yume.datasets.manifest import file_sha256, resolve_uri, row_id
+    from yume.datasets.sekai import VideoError, probe_video
+
+    try:
+        if not script:
+            raise ValueError("no script in the ground truth")
+        video, camera = resolve_uri(root, clip.video_file), resolve_uri(root, clip.camera_file)
+        n_frames, fps, _, _ = probe_video(video)
+        content_hash = file_sha256(video, camera)
+    except (OSError, ValueError, VideoError) as e:
+        log.warning("training world %s skipped: %s", clip.video_file, e)
+        return []
+    return [{"id": row_id(clip.video_file, f"{s['start']}-{s['end']}"), "source_uri": clip.video_file,
+             "content_hash": content_hash, "status": "ok", "video_uri": clip.video_file, "start_frame": s["start"],
+             "end_frame": s["end"], "num_frames": n_frames, "fps": fps, "keys": s["keys"], "mouse": s["mouse"],
+             "caption": clip.caption}
+            for s in script if s["end"] <= n_frames - 1]
 
 
 # ------------------------------------------------------------------------------------------- frames

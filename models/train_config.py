@@ -49,6 +49,11 @@ class TrainingWorldsConfig(StrictModel):
     jitter_scale: float | None = Field(None, ge=0, description="trajectory jitter (None: the renderer's default)")
     trajectory: dict = Field(default_factory=dict, description="other TrajectoryConfig overrides (camera speeds: "
                              "step, yaw_rate_range, pitch_rate_range, ...), validated when the worlds are rendered")
+    labels: Literal["rule", "script"] = Field(
+        "rule", description="rule: curate_real's camera->action code labels the rendered clips (segments of at "
+        "least actions.min_segment_frames); script: the renderer's own commanded script (ground_truth/"
+        "clips.parquet, pitch flips applied), a row per script segment, for segments shorter than the rule "
+        "allows (e.g. one action per chunk, as the held-out evaluation renders)")
 
 
 class TrainingSetConfig(StrictModel):

@@ -154,6 +154,44 @@ def test_training_set_manifest_and_cache_are_reused(trainset):
     assert info["clips"] == 6 and info["train"] == {"height": 32, "width": 32, "fps": 16.0}
 
 
+def test_script_labels_give_one_chunk_per_segment_with_the_rendered_actions(tmp_path):
+    """labels: script (the tiny profile's one action per chunk): a row per script segment, labelled with the
+    script as rendered (pitch flips applied), each holding exactly one chunk whose motion is that segment's."""
+    import pyarrow.parquet as pq
+
+    from yume.datasets.foundation_data import chunk_positions
+    from yume.datasets.training_set import frame_stride, label_worlds
+    from yume.tasks.build_training_set import ensure_training_worlds
+
+    over = ["training_set.worlds={n_clips: 3, height: 32, width: 32, frames_per_clip: 97, supersample: 1, seed: 9,"
+            " labels: script, trajectory: {segment_frames: [8, 8], pitch_rate_range: [0.02, 0.03], max_pitch: 0.3}}"]
+    profile = load_profile("tiny", str(tmp_path / "work"), over)
+    root = ensure_training_worlds(profile)
+    rows = label_worlds(profile, root)
+    gt = {r["video_file"]: json.loads(r["script"]) for r in pq.read_table(root / "ground_truth" / "clips.parquet").to_pylist()}
+    assert len(rows) == sum(len(s) for s in gt.values()) == 3 * 12  # 96 transitions in 8-frame segments
+    stride = frame_stride(profile.world.fps, profile.train.fps)
+    assert stride == 2
+    pitched = 0
+    for r in rows:
+        script = gt[r["video_uri"].removeprefix("train_worlds/")]
+        seg = next(s for s in script if (s["start"], s["end"]) == (r["start_frame"], r["end_frame"]))
+        assert (r["keys"], r["mouse"]) == (seg["keys"], seg["mouse"]) and r["source"] == "procedural"
+        lo, hi = chunk_positions(r["start_frame"], r["end_frame"], r["clip_frames"], stride, 4, 1)
+        assert lo == hi == r["start_frame"] // stride + 1  # the chunk whose motion is exactly this segment
+        pitched += seg["mouse"] in ("↑", "↓", "↑→", "↑←", "↓→", "↓←")
+    assert pitched > 0
+    from yume.datasets.sekai import read_annotations
+    from yume.datasets.training_set import script_rows
+
+    assert script_rows(read_annotations(root)[0], root, None) == []  # no script: no rows, nothing invented
+    # the rule's segments are >= actions.min_segment_frames long: it cannot label 8-frame actions
+    rule_profile = load_profile("tiny", str(tmp_path / "work"), [over[0].replace("labels: script", "labels: rule")])
+    by_rule = label_worlds(rule_profile, root)
+    assert len(by_rule) < len(rows) / 4
+    assert all(r["end_frame"] - r["start_frame"] >= rule_profile.actions.min_segment_frames for r in by_rule)
+
+
 def test_cache_key_changes_with_resolution_codec_and_encoder(trainset):
     from yume.datasets.training_set import cache_key
 
