@@ -270,16 +270,17 @@ def script_segments(root: Path) -> dict[str, list[dict]]:
 def script_rows(clip, root: Path, script: list[dict] | None) -> list[dict]:
     """curate_real-shaped rows of one rendered clip, a row per script segment (labels from the script).
     A clip without a script, or whose video is missing or unreadable, gives no rows (logged)."""
-    from yume.datasets.manifest import file_sha256, resolve_uri, row_id
+    from yume.datasets.manifest import file_sha256, row_id
     from yume.datasets.sekai import VideoError, probe_video
+    from yume.tasks.curate_real import QuarantineError, clip_inputs
 
     try:
         if not script:
             raise ValueError("no script in the ground truth")
-        video, camera = resolve_uri(root, clip.video_file), resolve_uri(root, clip.camera_file)
+        video, camera = clip_inputs(clip, root)
         n_frames, fps, _, _ = probe_video(video)
         content_hash = file_sha256(video, camera)
-    except (OSError, ValueError, VideoError) as e:
+    except (OSError, ValueError, VideoError, QuarantineError) as e:
         log.warning("training world %s skipped: %s", clip.video_file, e)
         return []
     return [{"id": row_id(clip.video_file, f"{s['start']}-{s['end']}"), "source_uri": clip.video_file,

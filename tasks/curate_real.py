@@ -43,7 +43,8 @@ def clip_fingerprint(clip: SekaiClip, root: Path) -> dict:
     return fp
 
 
-def _inputs(clip: SekaiClip, root: Path) -> tuple[Path, Path]:
+def clip_inputs(clip: SekaiClip, root: Path) -> tuple[Path, Path]:
+    """The clip's video and camera files, resolved under ``root``; QuarantineError says why not."""
     try:
         video = resolve_uri(root, clip.video_file)
     except PathEscapeError as e:
@@ -94,7 +95,7 @@ def curate_clip(
         **{c: getattr(clip, c) for c in ANNOTATION_COLUMNS},
     }
     try:
-        video, camera = _inputs(clip, root)
+        video, camera = clip_inputs(clip, root)
         content_hash = file_sha256(video, camera)
         labels, n_frames, fps = _label_clip(video, camera, actions, settings)
     except QuarantineError as e:

@@ -171,7 +171,6 @@ def test_the_tiny_profiles_evaluation_worlds_are_scored_at_the_calibrated_settin
     assert score_labels(pred, cmd).joint_accuracy >= 0.75
 
 
-
 def test_bench_calibrates_on_other_worlds_and_scores_the_evaluation_worlds_with_the_fit(tmp_path, capsys):
     from yume.config import load_profile
     from yume.tasks import bench_if_metric
