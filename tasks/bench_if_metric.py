@@ -12,6 +12,11 @@ IFMetricConfig overrides as a YAML mapping; ``--chunk-frames`` defaults to the p
 ``--calibrate-seed S`` first fits the thresholds (``calibrate_thresholds``) on other worlds (seed S,
 ``--calibrate-clips`` of them) and scores the evaluation worlds with the fitted ones; IFMetricConfig's defaults
 came from ``--calibrate-seed 777 --calibrate-clips 48`` on the tiny profile.
+
+``degraded`` (``--degrade``): the metric on the same ground truth with each chunk's frames (not the sharp anchor
+frame before it, as a teacher-forced generated chunk follows a ground-truth frame) degraded by additive
+Gaussian pixel noise or Gaussian blur, the errors a generator makes. A metric that reads the ground truth well
+but loses the keys under small degradations would call a model's translation "None" although it is there.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ import numpy as np
 import yaml
 
 
+DEGRADATIONS: dict[str, tuple[str, float]] = {  # name -> (kind, level: noise std in 8-bit levels / blur sigma in px)
+    "noise_5": ("noise", 5.0), "noise_10": ("noise", 10.0), "blur_1": ("blur", 1.0),
+}
 THRESHOLDS = ("move_threshold", "axis_ratio", "lateral_ratio", "forward_gain", "yaw_threshold", "pitch_threshold")
 
 
@@ -46,6 +54,40 @@ def confusion_summary(predicted: list[tuple[str, str]], commanded: list[tuple[st
     return out
 
 
+def degrade(frames: np.ndarray, kind: str, level: float, rng: np.random.Generator) -> np.ndarray:
+    """uint8 frames [T, H, W, 3] with additive Gaussian noise (std ``level`` levels) or Gaussian blur (sigma
+    ``level`` px)."""
+    import cv2
+
+    if kind == "noise":
+        return np.clip(frames + rng.normal(0.0, level, frames.shape), 0, 255).round().astype(np.uint8)
+    if kind == "blur":
+        return np.stack([cv2.GaussianBlur(f, (0, 0), level) for f in frames])
+    raise ValueError(f"unknown degradation {kind!r} (noise, blur)")
+
+
+def degraded_scores(worlds, mcfg, estimator, names=tuple(DEGRADATIONS), seed: int = 0) -> dict:
+    """{name: key / mouse / joint accuracy} with every chunk's frames degraded and its anchor frame kept."""
+    from yume.tasks.instruction_following import label_chunks, score_labels
+
+    L = worlds.chunk_len
+    cmd = [a for clip in worlds.commanded for a in clip]
+    out = {}
+    for name in names:
+        kind, level = DEGRADATIONS[name]
+        rng = np.random.default_rng(seed)
+        pred = []
+        for clip in worlds.frames:
+            for c in range(len(clip) // L):
+                piece = clip[c * L : c * L + L + 1].copy()
+                piece[1:] = degrade(piece[1:], kind, level, rng)
+                pred += label_chunks(piece, L, mcfg, estimator=estimator)
+        s = score_labels(pred, cmd)
+        out[name] = {"key_accuracy": s.key_accuracy, "mouse_accuracy": s.mouse_accuracy,
+                     "joint_accuracy": s.joint_accuracy}
+    return out
+
+
 def calibrated_metric(profile, chunk_len: int, base, worlds=None):
     """(IFMetricConfig with thresholds fitted on ``profile``'s evaluation worlds, joint accuracy there)."""
     from yume.datasets.training_set import frame_stride
@@ -60,7 +102,8 @@ def calibrated_metric(profile, chunk_len: int, base, worlds=None):
     return calibrate_thresholds(motions, [a for clip in w.commanded for a in clip], base)
 
 
-def run(profile, chunk_len: int, metric: dict | None = None, worlds=None, calibration_profile=None) -> dict:
+def run(profile, chunk_len: int, metric: dict | None = None, worlds=None, calibration_profile=None,
+        degradations: tuple[str, ...] = ()) -> dict:
     from yume.datasets.training_set import frame_stride
     from yume.tasks.foundation_eval import metric_config, render_eval_worlds
     from yume.tasks.instruction_following import FlowMotionEstimator, chance_joint_accuracy, label_chunks, score_labels
@@ -93,6 +136,7 @@ def run(profile, chunk_len: int, metric: dict | None = None, worlds=None, calibr
         "render_seconds": round(t_render, 2), "label_seconds": round(t_label, 2),
         "metric": mcfg.model_dump(mode="json"), "calibration": calibration,
         "trajectory": dict(profile.train.eval.trajectory),
+        "degraded": degraded_scores(w, mcfg, est, degradations) if degradations else {},
         **confusion_summary(pred, cmd),
     }
 
@@ -110,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--chunk-frames", type=int, default=None, help="frames per chunk (default: the model's chunk)")
     ap.add_argument("--calibrate-seed", type=int, default=None, help="fit the thresholds on worlds of this seed first")
     ap.add_argument("--calibrate-clips", type=int, default=48, help="worlds of the calibration set")
+    ap.add_argument("--degrade", action="store_true", help=f"also score degraded chunks: {', '.join(DEGRADATIONS)}")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
 
@@ -122,7 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
         calib = None if args.calibrate_seed is None else load_profile(
             args.profile, wd, [*sets, f"train.eval.seed={args.calibrate_seed}", f"train.eval.clips={args.calibrate_clips}"])
     L = args.chunk_frames or int(profile.train.chunk_frames or profile.model.chunk_frames)
-    res = run(profile, L, yaml.safe_load(args.metric) if args.metric else None, calibration_profile=calib)
+    res = run(profile, L, yaml.safe_load(args.metric) if args.metric else None, calibration_profile=calib,
+              degradations=tuple(DEGRADATIONS) if args.degrade else ())
     if args.json:
         print(json.dumps(res, ensure_ascii=False))
     else:
@@ -134,6 +180,9 @@ def main(argv: list[str] | None = None) -> dict:
         if res["calibration"]:
             print(f"thresholds fitted on {res['calibration']}: "
                   f"{ {k: res['metric'][k] for k in THRESHOLDS} }")
+        for name, d in res["degraded"].items():
+            print(f"degraded {name}: key {d['key_accuracy']:.3f}  mouse {d['mouse_accuracy']:.3f}  "
+                  f"joint {d['joint_accuracy']:.3f}")
         print(f"labelling: {res['chunks_per_second']} chunks/s (render {res['render_seconds']} s)")
         for k in ("keys_accuracy_by_label", "mouse_accuracy_by_label", "keys_top_errors", "mouse_top_errors"):
             print(f"{k}: {res[k]}")

@@ -193,3 +193,30 @@ def test_bench_calibrates_on_other_worlds_and_scores_the_evaluation_worlds_with_
 
     assert joint(["train.eval.seed=777", "train.eval.clips=3"]) == pytest.approx(cal["joint_accuracy"])
     assert joint(["train.eval.clips=2"]) == pytest.approx(res["joint_accuracy"])
+
+
+def test_degraded_scores_keep_the_anchor_and_match_the_clean_metric_at_level_zero(renders, monkeypatch):
+    from yume.tasks import bench_if_metric
+    from yume.tasks.foundation_eval import EvalWorlds
+
+    frames = np.full((5, 32, 32, 3), 128, np.uint8)
+    noisy = bench_if_metric.degrade(frames, "noise", 10.0, np.random.default_rng(0))
+    assert 9.0 < noisy.astype(float).std() < 11.0
+    edge = np.zeros((1, 32, 32, 3), np.uint8)
+    edge[:, :, 16:] = 255
+    assert 0 < bench_if_metric.degrade(edge, "blur", 1.0, None)[0, 0, 15, 0] < 255
+    with pytest.raises(ValueError, match="unknown degradation"):
+        bench_if_metric.degrade(frames, "jpeg", 1.0, None)
+
+    w = EvalWorlds(np.stack([f for f, _ in renders[:2]]), [c for _, c in renders[:2]], 4, 2)
+    clean = score_labels([lab for clip in w.frames for lab in label_chunks(clip, 4)],
+                         [a for clip in w.commanded for a in clip])
+    seen = []
+    real_degrade = bench_if_metric.degrade
+    monkeypatch.setattr(bench_if_metric, "degrade", lambda fr, kind, level, rng: seen.append(len(fr)) or
+                        real_degrade(fr, kind, level, rng))
+    monkeypatch.setitem(bench_if_metric.DEGRADATIONS, "noise_0", ("noise", 0.0))
+    out = bench_if_metric.degraded_scores(w, IFMetricConfig(), None, ("noise_0",))["noise_0"]
+    assert set(seen) == {4}  # the chunk's 4 frames; its anchor frame stays as rendered
+    assert out == {"key_accuracy": clean.key_accuracy, "mouse_accuracy": clean.mouse_accuracy,
+                   "joint_accuracy": clean.joint_accuracy}
