@@ -76,6 +76,11 @@ class ProceduralWorldConfig(BaseModel):
     supersample: int = Field(
         2, ge=1, le=4, description="rays per pixel side; averaged (anti-aliasing: no flicker of thin lines)"
     )
+    ground_contrast: float = Field(
+        1.0, gt=0, description="ground texture contrast about its mean colour (1 = the default look); at 32 px "
+        "the default ground is nearly flat, so translation shows only on pillars and a generated chunk's small "
+        "errors hide it from optical flow (tiny: 2.5)"
+    )
     lens_blur_sigma: float = Field(
         0.5, ge=0, description="pixels; a camera's optical blur, so edges are not aliased as no real video's are"
     )
@@ -294,9 +299,10 @@ def _value_noise(x: np.ndarray, z: np.ndarray, cell: float) -> np.ndarray:
     return (a + (b - a) * fx) * (1 - fz) + (c + (d - c) * fx) * fz
 
 
-def _ground(p: np.ndarray, world: World, footprint: np.ndarray) -> np.ndarray:
+def _ground(p: np.ndarray, world: World, footprint: np.ndarray, contrast: float = 1.0) -> np.ndarray:
     """Aperiodic patches (value noise at 2 m, 0.6 m and 0.2 m), so optical flow has no repeating pattern to
-    mistake one position for another; ``p`` (..., 3) hit points, ``footprint`` (...) metres per pixel."""
+    mistake one position for another; ``p`` (..., 3) hit points, ``footprint`` (...) metres per pixel;
+    ``contrast`` scales the colour's deviation from the ground's mean colour (clipped to [0, 1])."""
     x, z = p[..., 0], p[..., 2]
     palette = np.asarray(world.palette.ground)
     big = _value_noise(x, z, 2.0)
@@ -305,7 +311,11 @@ def _ground(p: np.ndarray, world: World, footprint: np.ndarray) -> np.ndarray:
     # Each octave fades to its mean (0) once a pixel covers more than half its cell: no aliasing.
     shade = 0.8 + 0.2 * big + 0.35 * mid * _fade(footprint, 0.15, 0.3) + 0.3 * fine * _fade(footprint, 0.05, 0.1)
     mix = big[..., None]
-    return (palette[0] * mix + palette[1] * (1 - mix)) * shade[..., None]
+    colour = (palette[0] * mix + palette[1] * (1 - mix)) * shade[..., None]
+    if contrast == 1.0:
+        return colour
+    mean = palette.mean(0) * 0.9  # the mean shade: 0.8 + 0.2 * E[big]
+    return np.clip(mean + (colour - mean) * contrast, 0.0, 1.0)
 
 
 def _wrap(angle: np.ndarray) -> np.ndarray:
@@ -413,7 +423,7 @@ def render_frames(
     is_sky = ~(is_ground | is_pillar)
     img = np.empty(d.shape, np.float64)
     img[is_sky] = _sky(d[is_sky], world)
-    img[is_ground] = _ground(hit[is_ground], world, ground_fp[is_ground])
+    img[is_ground] = _ground(hit[is_ground], world, ground_fp[is_ground], cfg.ground_contrast)
     lights_px = np.broadcast_to(lights_on[:, None], is_pillar.shape)[is_pillar]
     img[is_pillar], glow_px = _pillar_colour(hit[is_pillar], idx[is_pillar], world, cam_h, lights_px, pillar_fp[is_pillar])
     glow = np.zeros(is_pillar.shape, bool)

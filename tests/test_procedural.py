@@ -98,8 +98,8 @@ def _mean_flow(frames: np.ndarray) -> np.ndarray:
 
 
 def _scripted(keys: str, mouse: str, n: int = 60, **world):
-    cfg = ProceduralWorldConfig(n_clips=1, frames_per_clip=n, height=64, width=96, seed=2, event_probability=0,
-                                trajectory=TrajectoryConfig(jitter_scale=0), **world)
+    cfg = ProceduralWorldConfig(**{"n_clips": 1, "frames_per_clip": n, "height": 64, "width": 96, "seed": 2,
+                                   "event_probability": 0, "trajectory": TrajectoryConfig(jitter_scale=0), **world})
     return render_clip(0, cfg, [ScriptSegment(0, n - 1, keys, mouse)]).frames
 
 
@@ -118,6 +118,20 @@ def test_strafing_shows_parallax():
     h = flow.shape[0]
     near, far = flow[int(0.85 * h):, :, 0].mean(), flow[int(0.55 * h) : int(0.62 * h), :, 0].mean()
     assert near < 0 and far < 0 and abs(near) > 2 * abs(far), (near, far)
+
+
+def test_ground_contrast_scales_the_ground_texture_only():
+    """contrast 2.5 at 32 px: the bare ground's texture is ~2.5x stronger (clipped), the sky is untouched, and
+    walking forward moves the ground more visibly (larger frame-to-frame change)."""
+    kw = dict(n_objects=0, height=32, width=32)
+    plain, strong = _scripted("W", "·", n=24, **kw), _scripted("W", "·", n=24, ground_contrast=2.5, **kw)
+    assert np.array_equal(plain, _scripted("W", "·", n=24, ground_contrast=1.0, **kw))  # 1 = the default look
+    ground = slice(24, 32)  # bottom rows: ground only at this pitch
+    std = lambda f: f[:, ground].astype(float).std(axis=(1, 2)).mean()  # noqa: E731
+    assert 2.0 < std(strong) / std(plain) < 2.6, (std(strong), std(plain))
+    assert np.array_equal(plain[:, :8], strong[:, :8])  # top rows: sky
+    change = lambda f: np.mean((f[1:, ground].astype(float) - f[:-1, ground]) ** 2)  # noqa: E731
+    assert change(strong) > 3 * change(plain)
 
 
 def test_panning_right_moves_the_image_left():
