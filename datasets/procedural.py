@@ -79,7 +79,7 @@ class ProceduralWorldConfig(BaseModel):
     ground_contrast: float = Field(
         1.0, gt=0, description="ground texture contrast about its mean colour (1 = the default look); at 32 px "
         "the default ground is nearly flat, so translation shows only on pillars and a generated chunk's small "
-        "errors hide it from optical flow (tiny: 2.5)"
+        "errors hide it from optical flow (tiny: 4)"
     )
     lens_blur_sigma: float = Field(
         0.5, ge=0, description="pixels; a camera's optical blur, so edges are not aliased as no real video's are"
