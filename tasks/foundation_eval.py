@@ -13,7 +13,10 @@ one-frame ramps), ``chunks`` chunks each, at the training frame rate. Figures:
 - ``no_action_joint_accuracy``: the same model sampled with the empty-text embedding (no action input);
 - ``first_chunk_mse`` / ``copy_last_first_chunk_mse``: the rollout's first chunk against the ground-truth
   render, and the repeated first frame against it (pixels in [0, 1]);
-- ``chance_joint_accuracy``: the best constant label under the evaluation's action distribution.
+- ``chance_joint_accuracy``: the best constant label under the evaluation's action distribution;
+- ``motion_gain_{strafe,forward,pitch,yaw}``: how much of the ground truth's camera motion the teacher-forced
+  chunks draw, per axis (``instruction_following.motion_gains``: 1 = all of it, 0 = none), which says what
+  the model has learned where the labels only say right or wrong.
 
 Chunks are scored on the frame before them plus their frames (the metric's anchor). The metric runs with its
 calibrated defaults (``IFMetricConfig``: thresholds fitted on ground-truth renders at the training frame rate,
@@ -75,16 +78,24 @@ def metric_config(profile, overrides: dict | None = None):
     return IFMetricConfig(**over)
 
 
-def _labels(frames: np.ndarray, chunk_len: int, mcfg, estimator) -> list[tuple[str, str]]:
-    from yume.tasks.instruction_following import label_chunks
+def _motions(frames: np.ndarray, chunk_len: int, mcfg, estimator) -> np.ndarray:
+    """(chunks, 6) camera motion of each whole chunk after the first frame (the metric's chunks)."""
+    from yume.tasks.instruction_following import chunk_motions, chunk_starts
 
-    return label_chunks(frames, chunk_len, mcfg, estimator=estimator)
+    return chunk_motions(frames, chunk_starts(len(frames), chunk_len), chunk_len, mcfg, estimator)
+
+
+def _labels(frames: np.ndarray, chunk_len: int, mcfg, estimator) -> list[tuple[str, str]]:
+    from yume.tasks.instruction_following import classify_all
+
+    return classify_all(_motions(frames, chunk_len, mcfg, estimator), mcfg)
 
 
 def evaluate(profile, sampler, worlds: EvalWorlds | None = None, guidance: float | None = None) -> dict:
     """All the figures of the module docstring (plus timings)."""
     from yume.datasets.training_set import frame_stride
-    from yume.tasks.instruction_following import FlowMotionEstimator, chance_joint_accuracy, score_labels
+    from yume.tasks.instruction_following import (FlowMotionEstimator, chance_joint_accuracy, classify_all,
+                                                  motion_gains, score_labels)
 
     started = time.perf_counter()
     e = profile.train.eval
@@ -100,7 +111,8 @@ def evaluate(profile, sampler, worlds: EvalWorlds | None = None, guidance: float
     def score(pred):
         return score_labels(pred, cmd)
 
-    gt = [lab for i in range(n) for lab in _labels(w.frames[i], L, mcfg, est)]
+    gt_motion = np.concatenate([_motions(w.frames[i], L, mcfg, est) for i in range(n)])  # clip-major, as cmd
+    gt = classify_all(gt_motion, mcfg)
     copy = [lab for i in range(n) for lab in _labels(np.repeat(w.frames[i][:1], len(w.frames[i]), 0), L, mcfg, est)]
 
     # Teacher-forced: chunk c from the ground-truth frames before it (batched over clips), with and without actions.
@@ -115,12 +127,13 @@ def evaluate(profile, sampler, worlds: EvalWorlds | None = None, guidance: float
                 out.append(sampler.next_chunk(hist[b0 : b0 + e.batch_size], acts[b0 : b0 + e.batch_size],
                                               seed=1000 * c + b0 + (0 if use else 7), guidance=guidance, use_actions=use))
             tf_frames[use][:, c * L : (c + 1) * L] = np.concatenate(out)
-    tf_labels, na_labels = [], []
+    tf_motion = {True: [], False: []}
     for i in range(n):
         for c in range(C):
-            for use, dst in ((True, tf_labels), (False, na_labels)):
+            for use in (True, False):
                 clip = np.concatenate([w.frames[i, c * L : c * L + 1], tf_frames[use][i, c * L : (c + 1) * L]])
-                dst += _labels(clip, L, mcfg, est)
+                tf_motion[use].append(_motions(clip, L, mcfg, est)[0])
+    tf_labels, na_labels = (classify_all(np.asarray(tf_motion[use]), mcfg) for use in (True, False))
     t_tf = time.perf_counter() - t0
 
     # Rollouts from the first frame, own history.
@@ -147,6 +160,7 @@ def evaluate(profile, sampler, worlds: EvalWorlds | None = None, guidance: float
         "no_action_joint_accuracy": score(na_labels).joint_accuracy,
         "chance_joint_accuracy": chance_joint_accuracy(cmd),
         "first_chunk_mse": first_mse, "copy_last_first_chunk_mse": copy_mse,
+        **{f"motion_gain_{k}": v for k, v in motion_gains(np.asarray(tf_motion[True]), gt_motion).items()},
         "eval_clips": n, "eval_chunk_frames": L, "eval_frame_stride": w.stride,
         "eval_guidance": sampler.cfg.guidance if guidance is None else guidance,
         "eval_seconds": round(time.perf_counter() - started, 2), "eval_render_seconds": round(t_render, 2),

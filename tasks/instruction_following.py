@@ -333,6 +333,25 @@ def score_labels(predicted: list[tuple[str, str]], commanded: list[tuple[str, st
     return IFScores(k, m, float((keys & mouse).mean()), (k + m) / 2, len(commanded))
 
 
+MOTION_AXES = {"strafe": 0, "forward": 2, "pitch": 3, "yaw": 4}  # columns of (tx, ty, tz, wx, wy, wz)
+
+
+def motion_gains(generated: np.ndarray, reference: np.ndarray) -> dict[str, float | None]:
+    """How much of the reference motion the generated chunks draw, per axis: the least-squares slope through
+    the origin of generated on reference chunk motions ((n, 6) each, the same chunks). 1 = the commanded
+    magnitude, 0 = none of it (a frozen or blurred copy), negative = the wrong way; None (null in a metrics
+    file, which stays strict JSON) when the reference has no motion on that axis. The labels only say right or wrong; the gains say which motion a model has learned
+    (a model can draw yaw at 0.9 and strafe at 0.1)."""
+    g, r = np.atleast_2d(np.asarray(generated, float)), np.atleast_2d(np.asarray(reference, float))
+    if g.shape != r.shape or g.shape[1] != 6:
+        raise ValueError(f"need two (n, 6) motion arrays of the same chunks, got {g.shape} and {r.shape}")
+    out = {}
+    for name, j in MOTION_AXES.items():
+        energy = float(np.sum(r[:, j] ** 2))
+        out[name] = float(np.sum(g[:, j] * r[:, j]) / energy) if energy > 0 else None
+    return out
+
+
 def chance_joint_accuracy(commanded: list[tuple[str, str]]) -> float:
     """Joint accuracy of the best constant prediction under this action distribution."""
     _, counts = np.unique(np.asarray([f"{k}|{m}" for k, m in commanded]), return_counts=True)

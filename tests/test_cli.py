@@ -89,6 +89,8 @@ def test_demo_end_to_end(tmp_path):
               "copy_last_joint_accuracy", "no_action_joint_accuracy", "first_chunk_mse", "copy_last_first_chunk_mse",
               "train_seconds"):
         assert isinstance(trained[k], float), k
+    for axis in ("strafe", "forward", "pitch", "yaw"):  # what the model draws of each motion (null = no such motion)
+        assert isinstance(trained[f"motion_gain_{axis}"], float), axis
     assert trained["train_seconds"] <= 10 * 60 + 60  # the training budget (Lightning's timer + a step)
     evaluated = json.loads((work / "reports" / "evaluate" / "metrics.json").read_text())
     assert set(evaluated["candidates"]) >= {"foundation_euler20", "foundation_renoise4", "distilled_4step"}

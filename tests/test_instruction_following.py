@@ -16,6 +16,7 @@ from yume.tasks.instruction_following import (
     chunk_pairs,
     classify,
     label_chunks,
+    motion_gains,
     score_labels,
 )
 
@@ -220,3 +221,69 @@ def test_degraded_scores_keep_the_anchor_and_match_the_clean_metric_at_level_zer
     assert set(seen) == {4}  # the chunk's 4 frames; its anchor frame stays as rendered
     assert out == {"key_accuracy": clean.key_accuracy, "mouse_accuracy": clean.mouse_accuracy,
                    "joint_accuracy": clean.joint_accuracy}
+
+
+def test_motion_gains_measure_how_much_of_each_motion_is_drawn():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(50, 6))
+    same = motion_gains(ref, ref)
+    assert same == pytest.approx({"strafe": 1.0, "forward": 1.0, "pitch": 1.0, "yaw": 1.0})
+    # Half the strafe, the forward motion reversed, no pitch, yaw plus noise independent of it.
+    gen = ref.copy()
+    gen[:, 0] *= 0.5
+    gen[:, 2] *= -1
+    gen[:, 3] = 0
+    gen[:, 4] += rng.normal(scale=0.01, size=50)
+    g = motion_gains(gen, ref)
+    assert g["strafe"] == pytest.approx(0.5) and g["forward"] == pytest.approx(-1.0) and g["pitch"] == 0.0
+    assert g["yaw"] == pytest.approx(1.0, abs=0.01)
+    # An axis the reference never moves on has no gain, and the arrays must describe the same chunks.
+    still = ref.copy()
+    still[:, 4] = 0
+    assert motion_gains(gen, still)["yaw"] is None
+    with pytest.raises(ValueError, match="same chunks"):
+        motion_gains(gen[:10], ref)
+
+
+class _ReplaySampler:
+    """A stand-in generator for evaluate's bookkeeping: it returns the ground truth that follows the history
+    it is given (``oracle``) or repeats the history's last frame (``frozen``)."""
+
+    def __init__(self, worlds, frozen: bool):
+        from types import SimpleNamespace
+
+        self.worlds, self.frozen, self.chunk = worlds, frozen, worlds.chunk_len
+        self.codec = SimpleNamespace(temporal_factor=1)
+        self.cfg = SimpleNamespace(guidance=1.0)
+        self._clip = {w[0].tobytes(): i for i, w in enumerate(worlds.frames)}
+
+    def next_chunk(self, hist, actions, seed=0, guidance=None, use_actions=True):
+        n = hist.shape[1]
+        if self.frozen:
+            return np.repeat(hist[:, -1:], self.chunk, 1)
+        return np.stack([self.worlds.frames[self._clip[h[0].tobytes()], n : n + self.chunk] for h in hist])
+
+    def generate(self, commanded, images, seed=0, guidance=None):
+        frames = images[:, None]
+        for _ in commanded[0]:
+            frames = np.concatenate([frames, self.next_chunk(frames, None)], 1)
+        return frames
+
+
+def test_evaluate_reports_the_motion_gains_of_the_generated_chunks(renders, tmp_path):
+    """evaluate's bookkeeping: a generator that replays the ground truth scores the metric's ceiling with every
+    gain 1; one that freezes the last frame scores as copy-last with gains ~0."""
+    from yume.config import load_profile
+    from yume.tasks.foundation_eval import EvalWorlds, evaluate
+
+    profile = load_profile("tiny", tmp_path, ["train.eval.clips=3", "train.eval.chunks=4", "train.eval.batch_size=2"])
+    w = EvalWorlds(np.stack([f for f, _ in renders[:3]]), [c for _, c in renders[:3]], 4, 2)
+    oracle = evaluate(profile, _ReplaySampler(w, frozen=False), worlds=w)
+    assert oracle["joint_accuracy"] == oracle["rollout_joint_accuracy"] == oracle["metric_ceiling_joint_accuracy"]
+    assert oracle["first_chunk_mse"] == 0.0
+    for axis in ("strafe", "forward", "pitch", "yaw"):
+        assert oracle[f"motion_gain_{axis}"] == pytest.approx(1.0), axis
+    frozen = evaluate(profile, _ReplaySampler(w, frozen=True), worlds=w)
+    assert frozen["joint_accuracy"] == frozen["copy_last_joint_accuracy"]
+    assert frozen["first_chunk_mse"] == pytest.approx(frozen["copy_last_first_chunk_mse"])
+    assert all(abs(frozen[f"motion_gain_{a}"]) < 0.05 for a in ("strafe", "forward", "pitch", "yaw"))
