@@ -5,10 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 log = logging.getLogger("yume")
+
+# Prefect settings the CLI defaults (the environment still wins). The ephemeral API server that a flow starts
+# when no PREFECT_API_URL is set must create and migrate its SQLite database on first use; on a fresh 2-core
+# machine that took longer than Prefect's 20 s default and `make demo` died with "Timed out while attempting to
+# connect to ephemeral Prefect API server".
+PREFECT_DEFAULTS = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+
+
+def apply_prefect_defaults(environ=os.environ) -> None:
+    for key, value in PREFECT_DEFAULTS.items():
+        environ.setdefault(key, value)
 
 
 def _add_profile_args(p: argparse.ArgumentParser) -> None:
@@ -225,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    apply_prefect_defaults()  # before any subcommand imports prefect
     # Logs go to stderr so that --json output on stdout stays machine-readable.
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
