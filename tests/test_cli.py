@@ -111,7 +111,9 @@ def test_cli_gives_the_ephemeral_prefect_server_time_to_start(given, expected):
         env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = given
     code = ("import sys; from yume.cli import main; main(['model', 'info', 'tiny', '--json']); "
             "from prefect.settings import get_current_settings; "
-            "print('TIMEOUT', get_current_settings().server.ephemeral.startup_timeout_seconds, file=sys.stderr)")
+            "print('TIMEOUT', get_current_settings().server.ephemeral.startup_timeout_seconds, file=sys.stderr); "
+            "import logging; print('HTTPX', logging.getLogger('httpx').getEffectiveLevel(), file=sys.stderr)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"TIMEOUT {expected}" in proc.stderr
+    assert "HTTPX 30" in proc.stderr  # WARNING: no INFO line per Prefect API request in a demo's log

@@ -241,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     # Logs go to stderr so that --json output on stdout stays machine-readable.
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # one INFO line per Prefect API request would bury the stages' own progress
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     from yume.config import ConfigError
     from yume.datasets.manifest import ManifestError
     from yume.datasets.sekai import SekaiError
