@@ -106,14 +106,17 @@ def test_demo_end_to_end(tmp_path):
 def test_cli_gives_the_ephemeral_prefect_server_time_to_start(given, expected):
     """On a fresh 2-core machine the ephemeral API server's first start (SQLite create + migrations) took
     longer than Prefect's 20 s default and `make demo` failed; the CLI raises the default, a user's value wins."""
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "PREFECT_SERVER_ANALYTICS_ENABLED")}
     if given:
         env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = given
     code = ("import sys; from yume.cli import main; main(['model', 'info', 'tiny', '--json']); "
             "from prefect.settings import get_current_settings; "
             "print('TIMEOUT', get_current_settings().server.ephemeral.startup_timeout_seconds, file=sys.stderr); "
+            "print('ANALYTICS', get_current_settings().server.analytics_enabled, file=sys.stderr); "
             "import logging; print('HTTPX', logging.getLogger('httpx').getEffectiveLevel(), file=sys.stderr)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"TIMEOUT {expected}" in proc.stderr
+    assert "ANALYTICS False" in proc.stderr  # no telemetry ERROR lines on offline nodes
     assert "HTTPX 30" in proc.stderr  # WARNING: no INFO line per Prefect API request in a demo's log

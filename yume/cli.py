@@ -14,8 +14,10 @@ log = logging.getLogger("yume")
 # Prefect settings the CLI defaults (the environment still wins). The ephemeral API server that a flow starts
 # when no PREFECT_API_URL is set must create and migrate its SQLite database on first use; on a fresh 2-core
 # machine that took longer than Prefect's 20 s default and `make demo` died with "Timed out while attempting to
-# connect to ephemeral Prefect API server".
-PREFECT_DEFAULTS = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+# connect to ephemeral Prefect API server". Analytics off: training nodes are often offline, where the server's
+# telemetry logged an ERROR ("Name or service not known") into every run.
+PREFECT_DEFAULTS = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 
 def apply_prefect_defaults(environ=os.environ) -> None:
