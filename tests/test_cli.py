@@ -17,8 +17,7 @@ YUME = [str(Path(sys.executable).parent / "yume")]
 
 
 def run(*args, check=True, timeout=600, **kw):
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    proc = subprocess.run(YUME + list(args), capture_output=True, text=True, env=env, timeout=timeout, **kw)
+    proc = subprocess.run(YUME + list(args), capture_output=True, text=True, timeout=timeout, **kw)
     if check and proc.returncode != 0:
         raise AssertionError(f"yume {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc

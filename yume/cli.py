@@ -20,9 +20,9 @@ PREFECT_DEFAULTS = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 
-def apply_prefect_defaults(environ=os.environ) -> None:
+def apply_prefect_defaults() -> None:
     for key, value in PREFECT_DEFAULTS.items():
-        environ.setdefault(key, value)
+        os.environ.setdefault(key, value)
 
 
 def _add_profile_args(p: argparse.ArgumentParser) -> None:
