@@ -47,6 +47,7 @@ OPEN_CHOICES: dict[str, str] = {
     "tscm.overflow": "history older than every tier",
     "tscm.overflow_slots": "size of the pooled overflow",
     "tscm.rope_position": "RoPE positions of coarse tokens",
+    "tscm.time_positions": "RoPE time positions of long histories and of the chunk after them (bounded or not)",
     "tscm.weight_interpolation": "coarse patch-weight initialisation",
     "tscm.temporal_sample_every": "1-in-N temporal sampling of the history",
     "tscm.channel.heads": "linear-attention heads of the channel branch",
@@ -169,6 +170,12 @@ class TSCMConfig(StrictModel):
     temporal_sample_random: bool = Field(False, description="random phase for 1-in-N sampling (training)")
     pad_mode: Literal["zero", "replicate"] = Field(
         "zero", description="grids a coarse kernel does not divide are padded bottom/right (public code: zero)")
+    time_positions: Literal["compressed", "absolute"] = Field(
+        "compressed", description="RoPE time positions of history and prediction tokens. compressed: the TSCM "
+        "plan's slots are numbered in order (first frame 0, each pooled overflow slot one step, then every tier "
+        "frame), and the chunk follows the newest slot, so positions stay bounded however long a rollout runs "
+        "and training (whose long histories fill every slot) covers them; the same as absolute until the history "
+        "overflows the tiers. absolute: frame indices (a 100-chunk rollout asks for positions never trained)")
     rope_position: Literal["centre", "top_left"] = Field(
         "centre", description="RoPE position of a coarse token in fine-grid coordinates: centre of the covered "
         "region (principled) or its top-left (public code)")
@@ -248,7 +255,13 @@ class ModelConfig(StrictModel):
     text: TextConfig = TextConfig()
     codec: CodecConfig = CodecConfig()
     chunk_frames: int = Field(8, ge=1, description="latent frames generated per chunk (yume15: 8)")
-    dit_pretrained_path: str | None = Field(None, description="local diffusers-format transformer dir")
+    dit_init: Literal["pretrained", "random"] = Field(
+        "pretrained", description="how training builds the DiT: 'pretrained' loads dit_pretrained_path (Yume never "
+        "trains from scratch; a missing path is an error before training), 'random' ignores the path (tests and "
+        "shape experiments)")
+    dit_pretrained_path: str | None = Field(
+        None, description="local diffusers-format transformer dir (config.json + safetensors); a relative path is "
+        "resolved against the installed yume package, where the shipped tiny base lives")
 
     @model_validator(mode="after")
     def _check(self) -> "ModelConfig":
@@ -299,3 +312,14 @@ def yume15_model_config() -> ModelConfig:
 
 
 MODEL_CONFIGS = {"tiny": tiny_model_config, "yume15": yume15_model_config}
+
+
+def resolve_model_path(path: str) -> "Path":
+    """A model directory named in a profile: absolute as given; relative to the ``yume`` package otherwise
+    (``weights/tiny_base`` is the shipped tiny base, found the same way from any working directory)."""
+    from pathlib import Path
+
+    import yume
+
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else Path(yume.__file__).resolve().parent / p

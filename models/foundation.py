@@ -4,8 +4,8 @@
 checkpoints and logging. Per step:
 
 - the batch (``yume.datasets.foundation_data``) holds a span of latent frames: ``n_history`` history frames then
-  the target chunk (pixels are encoded with the codec here when the cache is off); still-image samples get
-  the frame before the chunk tiled as their history;
+  the target chunk (pixels are encoded with the codec here when the cache is off); a still-image step's
+  history is the frame before the chunk as an image, built by the data module as inference builds it;
 - ``t`` is logit-normal (``sigmoid(N(mean, std))``) then shifted ``t' = s t / (1 + (s - 1) t)``;
   ``x_t = (1 - t) x0 + t eps``, the target is the velocity ``eps - x0``, the model's timestep ``1000 t``;
 - the history stays clean at t = 0; with ``history_noise_p`` a sample's history gets the small noise
@@ -23,18 +23,20 @@ every optimiser step; checkpoints also carry the RNG states and the run's config
 from __future__ import annotations
 
 import copy
+import json
 import math
 import random
 import time
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ModelConfig
+from .config import ModelConfig, resolve_model_path
 from .train_config import TrainConfig
-from .wan_dit import WanDiT
+from .wan_dit import CONFIG_NAME, WanDiT
 
 # ------------------------------------------------------------------------------------ flow matching
 
@@ -71,13 +73,53 @@ def step_generator(seed: int, step: int, rank: int, device) -> torch.Generator:
     return g
 
 
-def apply_still(history: torch.Tensor, still: torch.Tensor) -> torch.Tensor:
-    """Still-image samples: the last history frame (the frame before the chunk) tiled over the history."""
-    if history.shape[2] == 0 or not bool(still.any()):
-        return history
-    tiled = history[:, :, -1:].expand_as(history)
-    m = still.to(history.device).view(-1, 1, 1, 1, 1)
-    return torch.where(m, tiled, history)
+# ------------------------------------------------------------------------------------ pretrained base
+
+
+class PretrainedBaseError(ValueError):
+    """The pretrained DiT a profile names is missing or does not match the profile's model."""
+
+
+def pretrained_dit_dir(model_cfg: ModelConfig) -> Path:
+    """The checked directory of ``model.dit_pretrained_path``: it exists, has a diffusers ``config.json``, and
+    that config matches ``model.dit`` key by key (the first differing key is named). Weights' shapes are
+    checked when they load (``WanDiT.from_pretrained`` names the first bad tensor)."""
+    from .config import WanDiTConfig
+
+    if not model_cfg.dit_pretrained_path:
+        raise PretrainedBaseError(
+            "model.dit_init is 'pretrained' but model.dit_pretrained_path is not set: name a local diffusers-format "
+            "transformer directory (yume15: Wan2.2-TI2V-5B's transformer/), or set model.dit_init=random for a "
+            "shape experiment")
+    d = resolve_model_path(model_cfg.dit_pretrained_path)
+    if not (d / CONFIG_NAME).is_file():
+        raise PretrainedBaseError(f"model.dit_pretrained_path {d}: no {CONFIG_NAME} there (expected a diffusers-format "
+                                  "transformer directory with config.json and *.safetensors)")
+    try:
+        found = WanDiTConfig.from_diffusers(json.loads((d / CONFIG_NAME).read_text()))
+    except (ValueError, TypeError) as e:
+        raise PretrainedBaseError(f"model.dit_pretrained_path {d}/{CONFIG_NAME}: {e}") from e
+    want = model_cfg.dit.model_dump()
+    for key, value in found.model_dump().items():
+        if key != "rope_max_seq_len" and _norm(value) != _norm(want[key]):
+            raise PretrainedBaseError(f"model.dit_pretrained_path {d}: {CONFIG_NAME} has {key}={value!r} but the "
+                                      f"profile's model.dit.{key} is {want[key]!r}")
+    return d
+
+
+def _norm(v):
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
+def build_dit(model_cfg: ModelConfig) -> WanDiT:
+    """The DiT training starts from: the pretrained base (``dit_init: pretrained``), or random init."""
+    if model_cfg.dit_init == "random":
+        return WanDiT.from_config(model_cfg)
+    d = pretrained_dit_dir(model_cfg)
+    try:
+        return WanDiT.from_pretrained(d, tscm=model_cfg.tscm, dtype=torch.float32)
+    except (ValueError, FileNotFoundError) as e:
+        raise PretrainedBaseError(f"model.dit_pretrained_path: {e}") from e
 
 
 # -------------------------------------------------------------------------------------------- module
@@ -92,7 +134,9 @@ class FoundationModule(L.LightningModule):
         self.model_cfg = ModelConfig.model_validate(model_config)
         self.cfg = TrainConfig.model_validate(train_config)
         self.meta = dict(meta or {})
-        self.model = WanDiT.from_config(self.model_cfg)
+        # The pretrained base (or random init) is loaded before the EMA copy and the optimiser are made, so both
+        # start from it. A resumed run then overwrites these weights with the checkpoint's.
+        self.model = build_dit(self.model_cfg)
         if self.cfg.activation_checkpointing:
             self.model.enable_gradient_checkpointing(True)
         self.ema = None
@@ -127,7 +171,7 @@ class FoundationModule(L.LightningModule):
         x0, hist = span[:, :, h:], span[:, :, :h]
         if h == 0:
             return x0, None
-        return x0, apply_still(hist, batch["still"])
+        return x0, hist
 
     def flow_loss(self, batch: dict, step: int, rank: int = 0) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg

@@ -62,7 +62,7 @@ def run(profile: str = "tiny", batch: int = 32, history: int = 4, height: int | 
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
-    cfg = MODEL_CONFIGS[profile]()
+    cfg = MODEL_CONFIGS[profile]().model_copy(update={"dit_init": "random"})  # a shape benchmark: no weights
     chunk = cfg.chunk_frames
     h = height or (8 if profile == "tiny" else 34)
     w = width or (8 if profile == "tiny" else 60)

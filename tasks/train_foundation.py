@@ -128,6 +128,7 @@ def prepare_run(profile, text_encoder_id: str | None = None) -> TrainRun:
             encoder = TextEncoder.from_config(t)
         action_file = str(ActionEmbeddingCache(encoder, layout.root, t.vocabulary, t.action_prefix, t.max_length).path)
         data_hash = _sha([data_hash, layout.root.name])
+    check_pretrained_base(profile.model, text_encoder_id)
     rh = run_hash(profile, data_hash)
     run_dir = foundation_dir(profile) / "runs" / rh
     resume = last_checkpoint(run_dir / "ckpt") if profile.train.resume else None
@@ -136,6 +137,29 @@ def prepare_run(profile, text_encoder_id: str | None = None) -> TrainRun:
     return TrainRun(profile=profile.model_dump(mode="json"), manifest_dir=str(manifest_dir), cache_root=cache_root,
                     roots=roots, run_dir=str(run_dir), run_hash=rh, data_hash=data_hash, encoder_id=text_encoder_id,
                     action_file=action_file, resume_from=str(resume) if resume else None)
+
+
+def check_pretrained_base(model_cfg, encoder_id: str) -> None:
+    """Before any training: the base ``model.dit_pretrained_path`` names exists and matches ``model.dit``
+    (``pretrained_dit_dir``), and a base with a card (``model_card.json`` or ``yume_model.json``: our own exports)
+    was trained with this run's text encoder; a different ``encoder_id`` means its cross-attention learned other
+    embeddings. Wan2.2's own transformer directory has no card: nothing to compare."""
+    from yume.models.foundation import PretrainedBaseError, pretrained_dit_dir
+
+    if model_cfg.dit_init != "pretrained":
+        return
+    d = pretrained_dit_dir(model_cfg)
+    for card in ("model_card.json", "yume_model.json"):
+        if (d / card).is_file():
+            try:
+                base_encoder = json.loads((d / card).read_text()).get("encoder_id")
+            except json.JSONDecodeError as e:
+                raise PretrainedBaseError(f"{d / card} is not valid JSON ({e}): re-export the base") from e
+            if base_encoder and base_encoder != encoder_id:
+                raise PretrainedBaseError(
+                    f"the base {d} was trained with text encoder {base_encoder} ({card}) but this run encodes text "
+                    f"with {encoder_id}: use the base's encoder (model.text) or pretrain a base for this one")
+            return
 
 
 # ------------------------------------------------------------------------------------------ callbacks
@@ -376,8 +400,9 @@ def state_from_checkpoint(path: str | Path, prefer_ema: bool = True) -> tuple[di
         **ckpt.get("yume", {}), "global_step": ckpt.get("global_step"), "weights": prefix.rstrip(".")}
 
 
-def export_final(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """The checkpoint's (EMA) weights as a diffusers-format WanDiT directory plus ``yume_model.json``."""
+def export_final(checkpoint: str | Path, out_dir: str | Path, sampler: dict | None = None) -> Path:
+    """The checkpoint's (EMA) weights as a diffusers-format WanDiT directory plus ``yume_model.json`` (with the
+    schedule to sample it with, ``sampler``, when given: ``WorldSampler.from_checkpoint`` defaults to it)."""
     from yume.models.config import ModelConfig
     from yume.models.wan_dit import WanDiT
 
@@ -390,7 +415,11 @@ def export_final(checkpoint: str | Path, out_dir: str | Path) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     model.save_pretrained(tmp)
-    (tmp / "yume_model.json").write_text(json.dumps({**meta, "source_checkpoint": str(checkpoint)}, indent=1))
+    record = {**meta, "source_checkpoint": str(checkpoint)}
+    if sampler is not None:
+        record["sampler"] = {k: sampler[k] for k in ("schedule", "steps", "shift", "guidance", "renoise_timesteps")
+                             if k in sampler}
+    (tmp / "yume_model.json").write_text(json.dumps(record, indent=1))
     if out.exists():
         shutil.rmtree(out)
     tmp.replace(out)

@@ -60,7 +60,9 @@ def test_resolved_config_is_recorded(tmp_path):
 def test_model_section_expands_its_preset_and_takes_overrides():
     from yume.models.config import tiny_model_config
 
-    assert load_profile("tiny").model == tiny_model_config()
+    # The tiny profile is the preset plus its pretrained base (train_foundation fine-tunes it).
+    assert load_profile("tiny").model == tiny_model_config().model_copy(
+        update={"dit_init": "pretrained", "dit_pretrained_path": "weights/tiny_base"})
     p = load_profile("tiny", overrides=["model.dit.num_layers=2", "model.tscm.enabled=false"])
     assert p.model.dit.num_layers == 2 and not p.model.tscm.enabled
     assert p.model.dit.ffn_dim == tiny_model_config().dit.ffn_dim
