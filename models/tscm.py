@@ -122,6 +122,31 @@ def plan_history(
     return newest_first[::-1]
 
 
+def history_time_positions(groups: list[HistoryGroup], mode: str = "compressed") -> list[list[float]]:
+    """Time positions of each group's sources (groups oldest first). ``absolute``: frame indices (a pooled slot
+    at the mean of its frames). ``compressed``: slots numbered 0, 1, ... in plan order, so the newest tier frames
+    keep their spacing and everything older than the tiers (first frame, pooled overflow) sits just before
+    them; the number of slots, and so every position, is bounded by the tiers whatever the history's length."""
+    if mode == "absolute":
+        return [g.positions_t() for g in groups]
+    out, rank = [], 0
+    for g in groups:
+        out.append([float(rank + i) for i in range(len(g.sources))])
+        rank += len(g.sources)
+    return out
+
+
+def next_time_position(num_frames: int, cfg: TSCMConfig, fine_kernel: Kernel = (1, 2, 2)) -> int:
+    """Time position of the first generated frame after ``num_frames`` history frames: ``num_frames``
+    (absolute), or the number of slots of the history's plan (compressed; bounded by the tiers)."""
+    if num_frames <= 0 or not cfg.enabled or cfg.time_positions == "absolute":
+        return max(num_frames, 0)
+    if cfg.temporal_sample_every > 1 and cfg.temporal_sample_random:
+        raise ValueError("compressed time positions need a deterministic plan: temporal_sample_random with "
+                         "temporal_sample_every > 1 is not supported")
+    return sum(len(g.sources) for g in plan_history(num_frames, cfg, fine_kernel))
+
+
 def tokens_per_frame(kernel: Kernel, height: int, width: int) -> int:
     """Tokens one latent frame of (height, width) gives at ``kernel`` (grids padded up to a multiple)."""
     return math.ceil(height / kernel[1]) * math.ceil(width / kernel[2])
@@ -304,20 +329,21 @@ class TSCMEmbedder(nn.Module):
         """History [B, C, T, H, W] -> tokens [B, N, dim], positions [N, 3], and the plan used."""
         _, _, t, h, w = history.shape
         groups = plan_history(t, self.cfg, self.fine_kernel, generator)
+        times = history_time_positions(groups, self.cfg.time_positions)
         tokens, positions = [], []
-        for g in groups:
+        for g, g_times in zip(groups, times):
             frames = _gather_sources(history, g)
             tokens.append(patchify(frames, self.conv_for(g.kernel, fine), self.cfg.pad_mode))
-            positions.append(grid_positions(g.positions_t(), g.kernel, h, w, self.fine_kernel,
-                                            self.cfg.rope_position))
+            positions.append(grid_positions(g_times, g.kernel, h, w, self.fine_kernel, self.cfg.rope_position))
         if not tokens:
             empty = history.new_zeros(history.shape[0], 0, fine.out_channels)
             return empty, torch.zeros(0, 3, dtype=torch.float64), groups
         return torch.cat(tokens, dim=1), torch.cat(positions, dim=0), groups
 
-    def embed_channel(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_channel(self, history: torch.Tensor, time_shift: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """History -> z_linear tokens [B, Lz, c] and their centre positions [Lz, 3] (the newest
-        ``max_frames`` frames; time padded at the oldest side so the newest frames group completely)."""
+        ``max_frames`` frames; time padded at the oldest side so the newest frames group completely). Time
+        positions are frame indices minus ``time_shift`` (``next_time_position``: the compressed timeline)."""
         ccfg = self.cfg.channel
         t_total = history.shape[2]
         start = max(0, t_total - (ccfg.max_frames or t_total))
@@ -327,6 +353,6 @@ class TSCMEmbedder(nn.Module):
         x = _pad_to_multiple(x, ccfg.patch, self.cfg.pad_mode, front_time=True)
         z = patchify(x, self.channel_embedding, self.cfg.pad_mode)
         n_t = x.shape[2] // kt
-        t_centres = [start - pad_t + g * kt + (kt - 1) / 2 for g in range(n_t)]
+        t_centres = [start - pad_t + g * kt + (kt - 1) / 2 - time_shift for g in range(n_t)]
         pos = grid_positions(t_centres, ccfg.patch, history.shape[3], history.shape[4], self.fine_kernel, "centre")
         return z, pos

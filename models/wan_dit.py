@@ -31,7 +31,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from .config import ModelConfig, TSCMConfig, WanDiTConfig
-from .tscm import LinearAttentionBranch, TSCMEmbedder, apply_rope, grid_positions, rope_cos_sin
+from .tscm import LinearAttentionBranch, TSCMEmbedder, apply_rope, grid_positions, next_time_position, rope_cos_sin
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -357,7 +357,9 @@ class WanDiT(nn.Module):
         n_pred = pred.shape[1]
         f_hist = history.shape[2] if history is not None else 0
         t_pred = self._prediction_timesteps(timestep, b, n_pred, token_mask, per_token=history is not None)
-        pred_pos = grid_positions([f_hist + i for i in range(f // pt)], (pt, ph, pw), h, w, (pt, ph, pw))
+        # The chunk's first time position follows the history's newest (TSCMConfig.time_positions: bounded).
+        t0 = next_time_position(f_hist, self.tscm_config, self.config.patch_size) if self.tscm is not None else f_hist
+        pred_pos = grid_positions([t0 + i for i in range(f // pt)], (pt, ph, pw), h, w, (pt, ph, pw))
 
         if history is not None:
             hist, hist_pos, _ = self._embed_history(history, generator)
@@ -375,7 +377,7 @@ class WanDiT(nn.Module):
         context = self.condition_embedder.text_embedder(encoder_hidden_states)
         head_dim = self.config.attention_head_dim
         rope = rope_cos_sin(positions.to(tokens.device), head_dim, self.config.rope_theta)
-        branch = self._branch_inputs(history, pred_pos, n_pred)
+        branch = self._branch_inputs(history, pred_pos, n_pred, f_hist - t0)
 
         for block in self.blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():
@@ -402,11 +404,12 @@ class WanDiT(nn.Module):
         pos = grid_positions(list(range(f)), self.config.patch_size, h, w, self.config.patch_size)
         return tokens, pos, None
 
-    def _branch_inputs(self, history: torch.Tensor | None, pred_pos: torch.Tensor, n_pred: int) -> dict | None:
+    def _branch_inputs(self, history: torch.Tensor | None, pred_pos: torch.Tensor, n_pred: int,
+                       time_shift: float = 0.0) -> dict | None:
         """z_linear and the branch's RoPE tables, shared by every block with a channel branch."""
         if history is None or self.tscm is None or self.tscm.channel_embedding is None:
             return None
-        z, z_pos = self.tscm.embed_channel(history)
+        z, z_pos = self.tscm.embed_channel(history, time_shift)
         ccfg = self.tscm_config.channel
         head_dim = ccfg.channels // ccfg.heads
         pred_pos, z_pos = pred_pos.to(z.device), z_pos.to(z.device)

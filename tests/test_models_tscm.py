@@ -213,3 +213,33 @@ def test_bench_json_reports_ratios(capsys):
     assert result["benchmark"] == "tscm" and "tscm_ratio_32_over_8" in result
     assert result["tscm_token_ratio_32_over_8"] == 1.0
     assert torch.get_num_threads() >= 1
+
+
+def test_time_positions_at_chunk_100_lie_inside_the_trained_range(monkeypatch):
+    """A 100-chunk rollout's history (405 latent frames on tiny) asks for no RoPE time position that training's
+    longest history did not give; with frame-index positions it would (the option's reason)."""
+    import yume.models.wan_dit as wd
+    from yume.config import load_profile
+    from yume.models.tscm import history_time_positions, next_time_position, plan_history
+
+    prof = load_profile("tiny")
+    cfg, chunk = prof.model.tscm, prof.model.chunk_frames
+    assert cfg.time_positions == "compressed"
+    trained_max = next_time_position(prof.train.long_history_frames[1], cfg) + chunk - 1
+    hist_100 = prof.train.still_image_frames + 100 * chunk
+    t0 = next_time_position(hist_100, cfg)
+    assert t0 + chunk - 1 <= trained_max
+    times = [t for g in history_time_positions(plan_history(hist_100, cfg)) for t in g]
+    assert 0 <= min(times) and max(times) == t0 - 1
+    assert next_time_position(hist_100, cfg.model_copy(update={"time_positions": "absolute"})) > trained_max
+    for n in range(1, 25):  # identical to frame indices while the history fits the first frame + tiers
+        assert next_time_position(n, cfg) == n
+    # The model itself uses them: capture the positions its RoPE is computed from.
+    seen = []
+    real = wd.rope_cos_sin
+    monkeypatch.setattr(wd, "rope_cos_sin", lambda pos, *a, **k: (seen.append(pos.clone()), real(pos, *a, **k))[1])
+    model = wd.WanDiT.from_config(prof.model.model_copy(update={"dit_init": "random"})).eval()
+    x = torch.randn(1, 48, chunk, 8, 8)
+    with torch.no_grad():
+        model(x, torch.tensor([500.0]), torch.randn(1, 8, 32), torch.randn(1, 48, hist_100, 8, 8))
+    assert float(seen[0][:, 0].max()) == t0 + chunk - 1 <= trained_max
