@@ -48,9 +48,11 @@ NO_LABEL = "none"
 
 
 def mode_of_step(step: int, i2v_fraction: float) -> str:
-    """``i2v`` or ``t2v``: the I2V steps are spread evenly (Bresenham); 0.5 gives even I2V, odd T2V."""
+    """``i2v`` or ``t2v``: the I2V steps are spread evenly (Bresenham, offset so step 0 is I2V); 0.5 gives even
+    I2V, odd T2V (REFERENCE section 5)."""
     f = float(i2v_fraction)
-    return "i2v" if np.floor((step + 1) * f + 1e-9) - np.floor(step * f + 1e-9) >= 1 else "t2v"
+    c = 1.0 - f + 1e-9
+    return "i2v" if np.floor((step + 1) * f + c) - np.floor(step * f + c) >= 1 else "t2v"
 
 
 def chunk_positions(start: int, end: int, clip_frames: int, stride: int, chunk: int, tf: int) -> tuple[int, int]:
@@ -134,11 +136,14 @@ class SampleSettings:
     long_history_p: float
     long_history_frames: tuple[int, int]
     still_image_p: float
+    still_image_frames: int
     uncond_p: float
     drop_event_p: float
     drop_action_p: float
     text_max_length: int
     text_order: str
+    action_text: bool = True
+    aligned_per_row: int = 4
 
     @classmethod
     def from_profile(cls, profile) -> "SampleSettings":
@@ -148,13 +153,25 @@ class SampleSettings:
                    height=t.height, width=t.width, fps=t.fps, i2v_fraction=t.i2v_fraction,
                    history_frames=tuple(t.history_frames), long_history_p=t.long_history_p,
                    long_history_frames=tuple(t.long_history_frames), still_image_p=t.still_image_p,
+                   still_image_frames=t.still_image_frames,
                    uncond_p=t.uncond_p, drop_event_p=t.drop_event_p, drop_action_p=t.drop_action_p,
-                   text_max_length=m.text.max_length, text_order=m.text.order)
+                   text_max_length=m.text.max_length, text_order=m.text.order, action_text=t.action_text,
+                   aligned_per_row=profile.training_set.aligned_per_row)
+
+
+def still_step(settings: SampleSettings, step: int, mode: str) -> bool:
+    """Still-image step (I2V only, probability ``still_image_p``): the whole batch's history is one image, built
+    as inference builds it (``still_history``)."""
+    return mode == "i2v" and np.random.default_rng([settings.seed, step, 23]).random() < settings.still_image_p
 
 
 def history_length(settings: SampleSettings, step: int, mode: str) -> int:
+    """Latent history frames of a step: 0 for T2V; ``still_image_frames`` for a still-image step (what inference
+    gives an image); else uniform in ``history_frames``, or in ``long_history_frames`` with ``long_history_p``."""
     if mode == "t2v":
         return 0
+    if still_step(settings, step, mode):
+        return settings.still_image_frames
     rng = np.random.default_rng([settings.seed, step, 17])
     lo, hi = settings.long_history_frames if rng.random() < settings.long_history_p else settings.history_frames
     return int(rng.integers(lo, hi + 1))
@@ -241,6 +258,14 @@ class FoundationDataset(torch.utils.data.Dataset):
         self.length = length
         self._index: dict[str, tuple[str, int]] | None = None
         self._files: dict = {}
+        # Temporal codec + cache: T2V and still-image steps read the aligned encodings (training_set's section
+        # "aligned encodings") at k positions per row, drawn here exactly as the cache builder drew them.
+        self.aligned: list[list[int]] | None = None
+        if cache_root and settings.temporal_factor > 1:
+            from yume.datasets.training_set import aligned_positions
+
+            self.aligned = [aligned_positions(rec["id"], int(lo), int(hi), settings.aligned_per_row)
+                            for rec, lo, hi in zip(self.records, self.table.lo, self.table.hi)]
 
     def __len__(self) -> int:
         return self.length
@@ -265,6 +290,15 @@ class FoundationDataset(torch.utils.data.Dataset):
             self._index = dict(zip(df.clip_key, df.shard))
         return self._index
 
+    def _aligned(self, clip: str, kind: str, c: int) -> torch.Tensor:
+        """A cached aligned encoding ([F, C, h, w]): ``t2v`` (the chunk alone) or ``still`` (image + chunk)."""
+        shard = self._latent_index()[clip]
+        if shard not in self._files:
+            from safetensors import safe_open
+
+            self._files[shard] = safe_open(str(CacheLayout(Path(self.cache_root)).shard_file(shard)), framework="pt")
+        return self._files[shard].get_tensor(f"{kind}/{clip}/{c}").float()
+
     def _latents(self, clip: str, a: int, b: int) -> torch.Tensor:
         from safetensors import safe_open
 
@@ -281,7 +315,7 @@ class FoundationDataset(torch.utils.data.Dataset):
         event = _nan_to_none(row["i2v_text"] if mode == "i2v" else row["t2v_text"])
         if mode == "i2v" and not event:
             event = _nan_to_none(row["t2v_text"])
-        use_action, use_event = keys is not None, bool(event)
+        use_action, use_event = keys is not None and s.action_text, bool(event)
         if u < s.uncond_p:
             use_action = use_event = False
         elif u < s.uncond_p + s.drop_event_p:
@@ -301,11 +335,21 @@ class FoundationDataset(torch.utils.data.Dataset):
         if mode not in self.table.modes():
             mode = next(iter(self.table.modes()))
         h = history_length(s, step, mode)
+        still = still_step(s, step, mode)
         rng = np.random.default_rng([s.seed, int(index)])
         r, c = self.table.draw(rng, mode)
         row = self.records[r]
-        still = bool(mode == "i2v" and rng.random() < s.still_image_p)
+        rng.random()  # the former per-sample still draw: keeps every later draw of a sample where it was
         u = float(rng.random())
+        if self.aligned is not None and (still or mode == "t2v"):
+            c = self.aligned[r][int(rng.integers(len(self.aligned[r])))]
+            kind = "still" if still else "t2v"
+            span = self._aligned(row["clip_key"], kind, c)
+            return {"span": span.permute(1, 0, 2, 3).contiguous(), "is_latent": True, "mode": 0 if still else 1,
+                    "n_history": h, "still": still, "index": int(index), "text": self._text(row, mode, u)}
+        if still:
+            return {**self._still_item(row, r, c, h), "mode": 0, "n_history": h, "still": True, "index": int(index),
+                    "text": self._text(row, mode, u)}
         avail = min(h, c)
         item = {"mode": 0 if mode == "i2v" else 1, "n_history": h, "still": still, "index": int(index),
                 "text": self._text(row, mode, u)}
@@ -332,6 +376,27 @@ class FoundationDataset(torch.utils.data.Dataset):
             item["span"] = torch.from_numpy(frames).permute(3, 0, 1, 2).float().div(127.5).sub(1)  # [3, T, H, W]
             item["is_latent"] = False
         return item
+
+
+    def _still_item(self, row, r: int, c: int, h: int) -> dict:
+        """A still-image sample as inference builds it (``WorldSampler.image_history``): the anchor frame (the
+        one before the chunk) repeated as an image clip and encoded, then the chunk. Patch codec (no temporal
+        compression): the anchor's latent repeated ``h`` times. Wan VAE pixel path: the anchor repeated
+        ``4 (h - 1) + 1`` times (17 frames -> 5 latents) before the chunk's frames, encoded together by the module
+        (the cache path reads the same encoding, made by the cache builder)."""
+        s = self.settings
+        if self.cache_root:  # frame-wise codec (temporal codecs read the aligned encodings in __getitem__)
+            lat = self._latents(row["clip_key"], c - 1, c + s.chunk)
+            span = torch.cat([lat[:1].expand(h, *lat.shape[1:]), lat[1:]], 0)
+            return {"span": span.permute(1, 0, 2, 3).contiguous(), "is_latent": True}
+        tf = s.temporal_factor
+        anchor = tf * (c - 1) if tf > 1 else c - 1
+        chunk_idx = list(range(tf * c - tf + 1, tf * (c + s.chunk - 1) + 1)) if tf > 1 else list(range(c, c + s.chunk))
+        copies = tf * (h - 1) + 1 if tf > 1 else h
+        frames = read_clip_frames(self.roots[row["video_root"]] / row["video_uri"], int(row["clip_frames"]),
+                                  int(self.table.stride[r]), s.height, s.width, tf, indices=[anchor] + chunk_idx)
+        frames = np.concatenate([np.repeat(frames[:1], copies, 0), frames[1:]], 0)
+        return {"span": torch.from_numpy(frames).permute(3, 0, 1, 2).float().div(127.5).sub(1), "is_latent": False}
 
 
 class StepSampler(torch.utils.data.Sampler):

@@ -354,10 +354,52 @@ def codec_fingerprint(model_cfg) -> dict:
 
 
 def cache_key(profile, encoder_id: str) -> str:
-    """Key of the latent + text cache: codec, text encoder and the sample settings that change the tensors."""
+    """Key of the latent + text cache: codec, text encoder and the sample settings that change the tensors
+    (for a temporal codec also the aligned encodings' settings, ``aligned_settings``)."""
     t, ts, m = profile.train, profile.training_set, profile.model
-    return _sha(CACHE_FORMAT, codec_fingerprint(m), encoder_id, m.text.model_dump(mode="json"),
-                {"height": t.height, "width": t.width, "fps": t.fps, "dtype": ts.cache_dtype})[:16]
+    settings = {"height": t.height, "width": t.width, "fps": t.fps, "dtype": ts.cache_dtype}
+    aligned = aligned_settings(profile)
+    if aligned:
+        settings["aligned"] = aligned
+    return _sha(CACHE_FORMAT, codec_fingerprint(m), encoder_id, m.text.model_dump(mode="json"), settings)[:16]
+
+
+# ------------------------------------------------------------------------------- aligned encodings
+#
+# A temporal codec (the Wan VAE, 4 frames per latent, causal) encodes a clip's latent c with the context of the
+# frames before it, and its latent 0 is a single frame. Inference encodes differently: a T2V chunk is decoded on
+# its own (latent 0 = one frame) and an I2V image is the image repeated 4 (n - 1) + 1 times (n latents). So for
+# temporal codecs the cache also holds, for ``aligned_per_row`` positions c of each row, the encodings inference
+# would make: ``t2v/<clip>/<c>`` = the chunk's pixel frames [4c, 4 (c + chunk - 1)] encoded alone, and
+# ``still/<clip>/<c>`` = the anchor frame 4 (c - 1) repeated 4 (n - 1) + 1 times then the chunk's frames
+# [4c - 3, 4 (c + chunk - 1)], encoded together (n + chunk latents). T2V and still-image steps then read these;
+# history steps slice the whole-clip latents (a history is a clip's past, as in a rollout). Frame-wise codecs
+# (tiny's patch codec) give identical tensors either way, so nothing extra is stored for them.
+
+
+def aligned_settings(profile) -> dict | None:
+    """What the aligned encodings depend on, or None for a frame-wise codec."""
+    if profile.model is None or profile.model.codec.kind == "patch":
+        return None
+    t = profile.train
+    return {"k": profile.training_set.aligned_per_row, "chunk": t.chunk_frames or profile.model.chunk_frames,
+            "still": t.still_image_frames}
+
+
+def aligned_positions(row_id: str, lo: int, hi: int, k: int) -> list[int]:
+    """``k`` distinct chunk positions in [lo, hi] (all when fewer), a pure function of the row id."""
+    if hi < lo:
+        return []
+    n = hi - lo + 1
+    rng = np.random.default_rng(int(_sha("aligned", row_id)[:12], 16))
+    return sorted(int(lo + x) for x in rng.choice(n, size=min(k, n), replace=False))
+
+
+def aligned_pixel_indices(c: int, chunk: int, still: int, tf: int) -> tuple[list[int], list[int]]:
+    """Strided pixel frame indices of the T2V encoding and of the still-image encoding at chunk position c."""
+    t2v = list(range(tf * c, tf * (c + chunk - 1) + 1))
+    still_idx = [tf * (c - 1)] * (tf * (still - 1) + 1) + list(range(tf * c - tf + 1, tf * (c + chunk - 1) + 1))
+    return t2v, still_idx
 
 
 def text_key(text: str) -> str:
@@ -431,8 +473,10 @@ def _atomic(path: Path, write) -> None:
 
 
 def encode_clip_shard(layout: CacheLayout, shard: str, clips: list[dict], roots: dict[str, Path], codec, height: int,
-                      width: int, target_fps: float, dtype: str, batch_frames: int = 64) -> dict:
-    """Encode every clip of a shard to latents ``[F, C, h, w]`` and write the shard + its marker."""
+                      width: int, target_fps: float, dtype: str, batch_frames: int = 64,
+                      aligned: dict | None = None) -> dict:
+    """Encode every clip of a shard to latents ``[F, C, h, w]`` and write the shard + its marker. ``aligned``
+    (temporal codecs): also the T2V and still-image encodings at each row's aligned positions (clip ``spans``)."""
     import torch
     from safetensors.torch import save_file
 
@@ -449,14 +493,33 @@ def encode_clip_shard(layout: CacheLayout, shard: str, clips: list[dict], roots:
             z = codec.encode(video)
         lat = z[0].permute(1, 0, 2, 3).contiguous().to(getattr(torch, _DTYPES[dtype]))
         tensors[f"clip/{c['clip_key']}"] = lat
+        positions = []
+        if aligned and tf > 1:
+            positions = clip_aligned_positions(c, stride, aligned, tf)
+            for pos in positions:
+                for kind, idx in zip(("t2v", "still"), aligned_pixel_indices(pos, aligned["chunk"], aligned["still"], tf)):
+                    z = codec.encode(video[:, :, idx])
+                    tensors[f"{kind}/{c['clip_key']}/{pos}"] = (
+                        z[0].permute(1, 0, 2, 3).contiguous().to(getattr(torch, _DTYPES[dtype])))
         entries.append({"clip_key": c["clip_key"], "video_root": c["video_root"], "video_uri": c["video_uri"],
                         "stride": stride, "pixel_frames": int(frames.shape[0]), "latent_frames": int(lat.shape[0]),
-                        "shape": list(lat.shape), "shard": shard})
+                        "shape": list(lat.shape), "shard": shard, "aligned": positions})
     f = layout.shard_file(shard)
     _atomic(f, lambda p: save_file(tensors, str(p), metadata={"format": "yume-latents", "shard": shard}))
     marker = {"shard": shard, "clips": entries, "bytes": f.stat().st_size}
     _atomic(layout.marker(shard), lambda p: p.write_text(json.dumps(marker)))
     return marker
+
+
+def clip_aligned_positions(clip: dict, stride: int, aligned: dict, tf: int) -> list[int]:
+    """The union of the aligned positions of a clip's rows (``clip['spans']``: (row id, start, end))."""
+    from yume.datasets.foundation_data import chunk_positions
+
+    out = set()
+    for row_id, start, end in clip.get("spans", []):
+        lo, hi = chunk_positions(start, end, clip["clip_frames"], stride, aligned["chunk"], tf)
+        out.update(aligned_positions(row_id, lo, hi, aligned["k"]))
+    return sorted(out)
 
 
 def write_latents_index(layout: CacheLayout, markers: list[dict]) -> pd.DataFrame:

@@ -69,6 +69,11 @@ class TrainingSetConfig(StrictModel):
     cache: bool = Field(True, description="latent + text-embedding cache (training does no codec/encoder work)")
     cache_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     clips_per_shard: int = Field(32, ge=1, description="clips per latent-cache shard (one Prefect task each)")
+    aligned_per_row: int = Field(
+        4, ge=1, description="temporal codecs (Wan VAE): chunk positions per row whose T2V chunk and still-image "
+        "sample are cached as inference encodes them (a chunk on its own; the anchor image repeated then the chunk), "
+        "not sliced from the whole clip's latents; k positions, not every one (a 17-frame encode per anchor costs "
+        "several times the clip's own encode). Frame-wise codecs (tiny's patch codec) slice exactly: unused")
 
 
 # ---------------------------------------------------------------------------------------- training
@@ -115,7 +120,7 @@ class TrainConfig(StrictModel):
     fps: float = Field(16.0, gt=0, description="target frame rate: a source at F fps is read every round(F/fps) frames")
     chunk_frames: int | None = Field(None, ge=1, description="latent frames per generated chunk; None: model.chunk_frames")
     history_frames: tuple[int, int] = Field((1, 8), description="I2V: latent history frames before the chunk (range)")
-    long_history_p: float = Field(0.0, ge=0, le=1, description="probability of a long history (REFERENCE: 0.4)")
+    long_history_p: float = Field(0.4, ge=0, le=1, description="probability of a long history (REFERENCE section 5)")
     long_history_frames: tuple[int, int] = Field((10, 100), description="range of a long history (latent frames)")
     still_image_p: float = Field(0.4, ge=0, le=1, description="I2V: the chunk's anchor frame tiled as the history")
     still_image_frames: int = Field(5, ge=1, description="latent frames of the tiled image (Wan2.2: 17 frames -> 5)")
@@ -134,6 +139,8 @@ class TrainConfig(StrictModel):
     i2v_fraction: float = Field(0.5, ge=0, le=1, description="fraction of steps in I2V mode (0.5: even I2V, odd T2V)")
     mode_loss_weight: dict[Literal["i2v", "t2v"], float] = Field(default_factory=lambda: {"i2v": 1.0, "t2v": 1.0})
     uncond_p: float = Field(0.1, ge=0, le=1, description="condition dropout to the empty-text embedding (CFG)")
+    action_text: bool = Field(True, description="condition on the action sentence of a labelled row (false: the "
+                              "tiny base's pretraining, which sees only captions)")
     drop_event_p: float = Field(0.0, ge=0, le=1, description="drop the event text only (action kept)")
     drop_action_p: float = Field(0.0, ge=0, le=1, description="drop the action text only (event kept)")
     # --- optimisation
@@ -172,6 +179,40 @@ class TrainConfig(StrictModel):
         if self.uncond_p + self.drop_event_p + self.drop_action_p > 1:
             raise ValueError("uncond_p + drop_event_p + drop_action_p must be <= 1")
         return self
+
+
+# ------------------------------------------------------------------------------------ pretrained base
+
+
+class BaseCurveConfig(StrictModel):
+    """The base's learning curve: held-out worlds whose actions last ``segment_chunks`` chunks, scored on the
+    chunks whose action continues the one before (the history shows the motion to continue)."""
+
+    clips: int = Field(12, ge=1)
+    chunks: int = Field(9, ge=2)
+    segment_chunks: int = Field(3, ge=2, description="chunks per action segment")
+    seed: int = Field(21_000, ge=0, description="distinct from the training, evaluation and fine-tune worlds")
+    steps: int = Field(10, ge=1, description="Euler steps of the sampler")
+    every_n_snapshots: int = Field(1, ge=1, description="score every n-th snapshot (and the last)")
+
+
+class PretrainBaseConfig(StrictModel):
+    """``pretrain_base`` (tiny): the small Wan DiT that ``train_foundation`` fine-tunes, trained once the way Wan
+    was (a general video model of the procedural worlds with scene captions, T2V and I2V/continuation) and
+    shipped with a model card. Runs in its own work directory with the same training code as
+    ``train_foundation`` (FoundationModule, the data module, safetensors checkpoints, resume)."""
+
+    stage_version: str = "1"
+    workdir: str | None = Field(None, description="None: <workdir>/pretrain_base")
+    out: str | None = Field(None, description="where the base is exported (None: model.dit_pretrained_path)")
+    worlds: TrainingWorldsConfig = Field(default_factory=TrainingWorldsConfig,
+                                         description="the pretraining worlds: action segments several chunks long")
+    motion_words_t2v_p: float = Field(1.0, ge=0, le=1, description="rows whose T2V caption states the motion")
+    motion_words_i2v_p: float = Field(0.5, ge=0, le=1, description="rows whose I2V caption states the motion (the "
+                                      "rest must continue the history's motion)")
+    train: dict = Field(default_factory=dict, description="TrainConfig overrides over the profile's `train`")
+    snapshot_every_n_steps: int = Field(1000, ge=1, description="EMA weights kept for the learning curve")
+    curve: BaseCurveConfig = BaseCurveConfig()
 
 
 # ---------------------------------------------------------------------------------------- sampling

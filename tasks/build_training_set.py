@@ -15,6 +15,7 @@ from pathlib import Path
 from yume.datasets.manifest import completed_shards, marker_path, read_marker, shard_path, write_shard
 from yume.datasets.training_set import (
     TRAIN,
+    aligned_settings,
     CacheLayout,
     cache_key,
     clip_shards,
@@ -78,9 +79,12 @@ def write_train_manifest(profile, rows: list[dict]) -> dict[str, dict]:
 
 
 def unique_clips(rows: list[dict]) -> list[dict]:
+    """One entry per clip, with its rows' labelled spans (``spans``: (row id, start, end)) for aligned encodings."""
     clips = {}
     for r in rows:
-        clips.setdefault(r["clip_key"], {k: r[k] for k in ("clip_key", "video_root", "video_uri", "fps", "clip_frames")})
+        c = clips.setdefault(r["clip_key"], {**{k: r[k] for k in ("clip_key", "video_root", "video_uri", "fps",
+                                                                  "clip_frames")}, "spans": []})
+        c["spans"].append((r["id"], int(r["start_frame"]), int(r["end_frame"])))
     return list(clips.values())
 
 
@@ -113,7 +117,8 @@ def build_cache(profile, rows: list[dict], encoder=None, shard_runner=None) -> d
             markers.append(shard_runner(shard, clips))
         else:
             codec = codec or build_codec(m.codec)
-            markers.append(encode_clip_shard(layout, shard, clips, roots, codec, t.height, t.width, t.fps, ts.cache_dtype))
+            markers.append(encode_clip_shard(layout, shard, clips, roots, codec, t.height, t.width, t.fps, ts.cache_dtype,
+                                             aligned=aligned_settings(profile)))
         encoded += 1
     removed = remove_stale_latent_shards(layout, set(shards))
     index = write_latents_index(layout, markers)
@@ -138,7 +143,8 @@ def encode_shard(profile, shard: str, clips: list[dict], encoder_id: str) -> dic
     layout = cache_layout(profile, encoder_id)
     roots = {"sekai": profile.sekai_root() if (profile.data.sekai_root or profile.world) else None,
              "media": profile.media_root()}
-    return encode_clip_shard(layout, shard, clips, roots, build_codec(m.codec), t.height, t.width, t.fps, ts.cache_dtype)
+    return encode_clip_shard(layout, shard, clips, roots, build_codec(m.codec), t.height, t.width, t.fps, ts.cache_dtype,
+                             aligned=aligned_settings(profile))
 
 
 def label_counts(rows: list[dict]) -> list[dict]:
