@@ -57,13 +57,30 @@ def evaluate_task(profile, final_dir: str, report_dir: str) -> dict:
 
     sampler = WorldSampler.from_checkpoint(final_dir, profile.sampler,
                                            text_cache_dir=profile.workdir_path / "cache" / "text")
-    out = evaluate(profile, sampler)
+    base = base_sampler(profile, sampler.cfg)
+    out = evaluate(profile, sampler, base_sampler=base)
     roll, gt = out.pop("_rollouts"), out.pop("_ground_truth")
     samples = Path(report_dir) / "samples"
     for i in range(min(3, len(roll))):
         write_mp4(roll[i], samples / f"rollout-{i}.mp4", sampler.fps)
         write_mp4(gt[i], samples / f"ground_truth-{i}.mp4", sampler.fps)
     return out
+
+
+def base_sampler(profile, cfg):
+    """The pretrained base the run fine-tuned, sampled as the fine-tuned model is (``cfg``), for the
+    ``base_joint_accuracy`` ablation; None for random init or a base without our export metadata (Wan2.2)."""
+    from yume.models.config import resolve_model_path
+    from yume.models.sampler import WorldSampler
+
+    m = profile.model
+    if m.dit_init != "pretrained" or not m.dit_pretrained_path:
+        return None
+    d = resolve_model_path(m.dit_pretrained_path)
+    if not (d / "yume_model.json").is_file():
+        return None
+    return WorldSampler.from_checkpoint(d, cfg, use_recorded=False,
+                                        text_cache_dir=profile.workdir_path / "cache" / "text")
 
 
 def _throughput(profile, run: TrainRun, summary: dict) -> dict:
@@ -96,7 +113,7 @@ def train_foundation(profile: str = "tiny", workdir: str | None = None, override
     else:
         summary = {**fit_task.with_options(retries=0)(run), "cached": False}
     last = last_checkpoint(run.ckpt_dir)
-    final = export_final(last, foundation_dir(cfg) / "final")
+    final = export_final(last, foundation_dir(cfg) / "final", sampler=cfg.sampler.model_dump(mode="json"))
     report = stage_report_dir(cfg, STAGE)
     curve = loss_curve(run.run_dir, report / "loss_curve.png")
     if (report / "loss_curve.png").is_file():

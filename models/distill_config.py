@@ -34,10 +34,22 @@ class DistillStartsConfig(StrictModel):
                            "caption (when it has one); the action text is always there")
 
 
+class PromotionFloors(StrictModel):
+    """Absolute floors a candidate must clear before it is compared with anything: a broken first run of the
+    weekly retrain (nothing promoted yet) is never promoted."""
+
+    joint_over_chance: float | None = Field(3.0, ge=0, description="joint accuracy >= this x the evaluation's "
+                                            "chance_joint_accuracy (None: no floor)")
+    first_chunk_mse_below_copy_last: bool = Field(True, description="first-chunk MSE < copy_last_first_chunk_mse")
+    finite: bool = Field(True, description="no NaN / inf in the generated latents")
+
+
 class PromotionConfig(StrictModel):
-    """A new generator is promoted only if no metric regresses beyond its tolerance against the promoted one."""
+    """A new generator is promoted only if it clears the floors and no metric regresses beyond its tolerance
+    against the promoted one."""
 
     enabled: bool = True
+    floors: PromotionFloors = PromotionFloors()
     # metric -> (direction, tolerance): "max" = higher is better, "min" = lower is better; tolerance absolute.
     tolerances: dict[str, tuple[Literal["max", "min"], float]] = Field(
         default_factory=lambda: {

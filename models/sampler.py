@@ -138,6 +138,34 @@ def renoise_grid(timesteps: list[float], shift: float) -> list[float]:
     return [float(x) for x in shift_t(u, shift)]
 
 
+# ------------------------------------------------------------------------------------------- schedule
+
+# The sampling schedule a checkpoint records in its yume_model.json (``sampler``): a distilled generator its
+# few-step re-noise schedule without guidance, a foundation export the Euler schedule it was trained to use.
+SCHEDULE_FIELDS = ("schedule", "steps", "shift", "guidance", "renoise_timesteps")
+
+
+def resolve_schedule(recorded: dict | None, base: SamplerConfig | None = None, explicit: dict | None = None
+                     ) -> tuple[SamplerConfig, str]:
+    """The schedule to sample a checkpoint with, and the one-line log that says it and where it came from.
+
+    ``base`` (the profile's ``sampler`` section) gives every field; the checkpoint's ``recorded`` schedule
+    replaces its schedule fields; ``explicit`` fields (a user's ``--set sampler.*``) win over both."""
+    base = base or SamplerConfig()
+    rec = {k: v for k, v in (recorded or {}).items() if k in SCHEDULE_FIELDS and v is not None}
+    if rec.get("schedule") == "renoise" and "renoise_timesteps" in rec:
+        rec["steps"] = len(rec["renoise_timesteps"])
+    explicit = dict(explicit or {})
+    cfg = SamplerConfig.model_validate({**base.model_dump(), **rec, **explicit})
+    steps = len(cfg.renoise_timesteps) if cfg.schedule == "renoise" else cfg.steps
+    source = "checkpoint" if rec else "profile (the checkpoint records none)"
+    over = sorted(k for k in explicit if k in SCHEDULE_FIELDS)
+    if over:
+        source += "; override: " + ", ".join(over)
+    line = f"schedule: {cfg.schedule}, {steps} steps, shift {cfg.shift:g}, guidance {cfg.guidance:g} (from {source})"
+    return cfg, line
+
+
 # ------------------------------------------------------------------------------------------- sampler
 
 
@@ -159,14 +187,20 @@ class WorldSampler:
         self.train_size = tuple(train_size)  # (height, width) the model was trained at: T2V's and I2V's size
         self.device = torch.device(device)
         self.forward_calls = 0
+        self.schedule_line = ""
 
     # ---------------------------------------------------------------------------------- loading
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, cfg: SamplerConfig | None = None, device: str = "cpu",
-                        text_cache_dir: str | Path | None = None, prefer_ema: bool = True) -> "WorldSampler":
+                        text_cache_dir: str | Path | None = None, prefer_ema: bool = True,
+                        use_recorded: bool = True, explicit: dict | None = None) -> "WorldSampler":
         """From an exported directory (``final/``: config.json + weights + yume_model.json) or a training
-        checkpoint file (``.safetensors`` written by SafeCheckpointIO)."""
+        checkpoint file (``.safetensors`` written by SafeCheckpointIO).
+
+        Schedule (``resolve_schedule``): ``cfg`` (default ``SamplerConfig()``) with the checkpoint's recorded
+        schedule over it (``use_recorded``), then the ``explicit`` fields; logged as one ``schedule:`` line.
+        ``use_recorded=False`` samples with ``cfg`` exactly (evaluate's candidates)."""
         from yume.models.codecs import build_codec
         from yume.models.text import TextConditioner, TextEncoder
         from yume.models.train_config import TrainConfig
@@ -185,15 +219,21 @@ class WorldSampler:
             model = WanDiT.from_config(model_cfg)
             model.load_state_dict(state)
         tcfg = TrainConfig.model_validate(meta.get("train_config", {}))
+        cfg, line = resolve_schedule(meta.get("sampler") if use_recorded else None, cfg, explicit)
+        if not use_recorded:
+            line = line.replace("profile (the checkpoint records none)", "the caller's configuration")
+        log.info("%s", line)
         encoder = TextEncoder.from_config(model_cfg.text)
         if meta.get("encoder_id") and meta["encoder_id"] != encoder.encoder_id:
             log.warning("text encoder %s differs from the one the model was trained with (%s)", encoder.encoder_id,
                         meta["encoder_id"])
         conditioner = TextConditioner(encoder, model_cfg.text, text_cache_dir)
-        return cls(model, model_cfg, build_codec(model_cfg.codec), conditioner, cfg, prediction=tcfg.prediction,
-                   x0_t_min=tcfg.x0_t_min, chunk=tcfg.chunk_frames or model_cfg.chunk_frames,
-                   still_image_frames=tcfg.still_image_frames, fps=tcfg.fps, device=device,
-                   train_size=(tcfg.height, tcfg.width))
+        sampler = cls(model, model_cfg, build_codec(model_cfg.codec), conditioner, cfg, prediction=tcfg.prediction,
+                      x0_t_min=tcfg.x0_t_min, chunk=tcfg.chunk_frames or model_cfg.chunk_frames,
+                      still_image_frames=tcfg.still_image_frames, fps=tcfg.fps, device=device,
+                      train_size=(tcfg.height, tcfg.width))
+        sampler.schedule_line = line
+        return sampler
 
     # ---------------------------------------------------------------------------------- pieces
 
@@ -370,12 +410,17 @@ def load_image(path: str | Path, height: int, width: int) -> np.ndarray:
 
 def generate_to_mp4(checkpoint: str | Path, actions: list[ChunkAction], out: str | Path, *,
                     image: str | Path | None = None, prompt: str | None = None, cfg: SamplerConfig | None = None,
-                    seed: int | None = None) -> dict:
+                    seed: int | None = None, explicit: dict | None = None, device: str = "cpu",
+                    label_metric=None) -> dict:
     """What ``yume generate`` does: one video from an image (I2V) or a prompt (T2V), one action per chunk.
-    A chunk's own ``event`` text replaces the prompt for that chunk. T2V renders at the training resolution."""
+    A chunk's own ``event`` text replaces the prompt for that chunk. T2V renders at the training resolution.
+    The checkpoint's recorded schedule is the default; ``explicit`` sampler fields override it.
+    ``label_metric`` (an ``IFMetricConfig``): also label each generated chunk's motion with the
+    instruction-following metric (``labels``: commanded and measured per chunk; I2V: every chunk has the frame
+    before it as anchor; T2V: the first chunk has none and is not labelled)."""
     if (image is None) == (prompt is None):
         raise ValueError("give exactly one of an image (I2V) or a prompt (T2V)")
-    sampler = WorldSampler.from_checkpoint(checkpoint, cfg)
+    sampler = WorldSampler.from_checkpoint(checkpoint, cfg, device=device, explicit=explicit)
     acts = [[(a.keys, a.mouse) for a in actions]]
     events = [[a.event or prompt for a in actions]]
     height, width = sampler.train_size
@@ -384,8 +429,31 @@ def generate_to_mp4(checkpoint: str | Path, actions: list[ChunkAction], out: str
     else:
         video = sampler.generate(acts, events=events, height=height, width=width, seed=seed)
     write_mp4(video[0], out, sampler.fps)
-    return {"out": str(out), "frames": int(video.shape[1]), "height": height, "width": width,
-            "chunks": len(actions), "fps": sampler.fps, "forward_calls": sampler.forward_calls}
+    result = {"out": str(out), "frames": int(video.shape[1]), "height": height, "width": width,
+              "chunks": len(actions), "fps": sampler.fps, "forward_calls": sampler.forward_calls,
+              "schedule": sampler.schedule_line}
+    if label_metric is not None:
+        result["labels"] = chunk_labels(video[0], actions, sampler.chunk * sampler.codec.temporal_factor,
+                                        label_metric, first_chunk_start=1 if image is not None else None)
+        result["correct_chunks"] = sum(r["correct"] for r in result["labels"])
+    return result
+
+
+def chunk_labels(video: np.ndarray, actions: list[ChunkAction], chunk_len: int, metric, first_chunk_start: int | None
+                 ) -> list[dict]:
+    """Per chunk: the commanded (keys, mouse), the metric's measured label and whether both match."""
+    from yume.tasks.instruction_following import label_chunks
+
+    # I2V: frame 0 is the image, chunk c starts at 1 + c L. T2V: chunk 0 is frames [0, L) with no anchor before
+    # it, so labelling starts at chunk 1 (frame L, anchored by frame L - 1).
+    i2v = first_chunk_start is not None
+    first, skip = (first_chunk_start, 0) if i2v else (chunk_len, 1)
+    measured = label_chunks(video, chunk_len, metric, first_chunk_start=first)
+    out = []
+    for c, (a, m) in enumerate(zip(actions[skip:], measured), start=skip):
+        out.append({"chunk": c, "commanded": f"{a.keys}:{a.mouse}", "measured": f"{m[0]}:{m[1]}",
+                    "correct": bool((a.keys, a.mouse) == tuple(m))})
+    return out
 
 
 def chunk_pixel_frames(codec, chunk: int) -> int:

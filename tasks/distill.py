@@ -374,8 +374,8 @@ def export_generator(checkpoint: str | Path, out_dir: str | Path) -> Path:
     meta_file = out / "yume_model.json"
     meta = json.loads(meta_file.read_text())
     d = meta.get("distill_config", {})
-    meta["sampler"] = {"schedule": "renoise", "renoise_timesteps": d.get("timesteps"), "shift": d.get("shift"),
-                       "guidance": 1.0}
+    meta["sampler"] = {"schedule": "renoise", "renoise_timesteps": d.get("timesteps"),
+                       "steps": len(d.get("timesteps") or []), "shift": d.get("shift"), "guidance": 1.0}
     tmp = meta_file.with_name(".yume_model.json.tmp")
     tmp.write_text(json.dumps(meta, indent=1))
     tmp.replace(meta_file)

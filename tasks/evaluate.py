@@ -148,13 +148,15 @@ class Candidate:
 
 
 def _recorded_schedule(path: str | Path, default):
-    """The few-step schedule a generator recorded in its ``yume_model.json`` (``sampler``), else ``default``."""
+    """The schedule a generator recorded in its ``yume_model.json`` (``sampler``: schedule, steps, shift and
+    guidance), over ``default``; ``default`` when it records none."""
     meta_file = Path(path) / "yume_model.json"
     if not meta_file.is_file():
         return default
     s = json.loads(meta_file.read_text()).get("sampler") or {}
-    upd = {k: v for k, v in s.items() if k in ("schedule", "renoise_timesteps", "shift", "steps") and v}
-    return default.model_copy(update=upd)
+    from yume.models.sampler import resolve_schedule
+
+    return resolve_schedule(s, default)[0]
 
 
 def candidates(profile, ecfg, foundation: str | Path | None, distilled: str | Path | None,
@@ -236,15 +238,18 @@ def evaluate_candidate(cand: Candidate, worlds: BenchWorlds, profile, ecfg, mcfg
 
     device = ecfg.device if ecfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     sampler = WorldSampler.from_checkpoint(cand.path, SamplerConfig.model_validate(cand.sampler), device=device,
+                                           use_recorded=False,
                                            text_cache_dir=text_cache_dir)
     n, C, L = worlds.frames.shape[0], len(worlds.commanded[0]), worlds.chunk_len
     # Rollouts from the first frame, own history, the event prompts per chunk.
     calls0 = sampler.forward_calls
-    roll = []
+    roll, nonfinite = [], 0
     for b0 in range(0, n, ecfg.batch_size):
         sl = slice(b0, b0 + ecfg.batch_size)
-        roll.append(sampler.generate(worlds.commanded[sl], images=worlds.frames[sl, 0], events=worlds.events[sl],
-                                     seed=b0))
+        video, latents = sampler.generate(worlds.commanded[sl], images=worlds.frames[sl, 0], events=worlds.events[sl],
+                                          seed=b0, return_latents=True)
+        roll.append(video)
+        nonfinite += int((~torch.isfinite(latents)).sum())
     roll = np.concatenate(roll)
     forward_per_chunk = (sampler.forward_calls - calls0) / (C * len(range(0, n, ecfg.batch_size)))
     t_roll = time.perf_counter() - started
@@ -254,7 +259,8 @@ def evaluate_candidate(cand: Candidate, worlds: BenchWorlds, profile, ecfg, mcfg
     s = score_labels(flat, cmd)
     out = {"description": cand.description, "path": cand.path, "sampler": cand.sampler,
            "joint_accuracy": s.joint_accuracy, "key_accuracy": s.key_accuracy, "mouse_accuracy": s.mouse_accuracy,
-           "if_score": s.if_score, "chunks_scored": s.chunks, "forward_calls_per_chunk": forward_per_chunk}
+           "if_score": s.if_score, "chunks_scored": s.chunks, "forward_calls_per_chunk": forward_per_chunk,
+           "nonfinite_latents": nonfinite}
     out.update(quality(scorer, policy, list(roll)))
     gt01 = worlds.frames[:, 1 : 1 + L].astype(np.float64) / 255
     out["first_chunk_mse"] = float(np.mean((roll[:, 1 : 1 + L].astype(np.float64) / 255 - gt01) ** 2))
@@ -331,6 +337,25 @@ def read_promoted(profile) -> dict | None:
         return None
     rec = json.loads(p.read_text())
     return rec if rec.get("path") and Path(rec["path"]).exists() else None
+
+
+def floor_failures(cand: dict, metrics: dict, floors) -> list[str]:
+    """Which absolute floors (``PromotionFloors``) the candidate misses, as readable reasons; [] = clears all.
+    ``metrics`` is the evaluation's top level (chance and copy-last are properties of its worlds)."""
+    out = []
+    chance = metrics.get("chance_joint_accuracy")
+    joint = cand.get("joint_accuracy")
+    if floors.joint_over_chance is not None and chance is not None:
+        if joint is None or not np.isfinite(joint) or joint < floors.joint_over_chance * chance:
+            out.append(f"joint accuracy {joint} < {floors.joint_over_chance:g} x chance {chance:.3f}")
+    copy = metrics.get("copy_last_first_chunk_mse")
+    mse = cand.get("first_chunk_mse")
+    if floors.first_chunk_mse_below_copy_last and copy is not None:
+        if mse is None or not np.isfinite(mse) or mse >= copy:
+            out.append(f"first-chunk MSE {mse} is not below copy-last {copy:.4f}")
+    if floors.finite and cand.get("nonfinite_latents", 0):
+        out.append(f"{cand['nonfinite_latents']} non-finite latent values in its rollouts")
+    return out
 
 
 def promotion_decision(new: dict, current: dict | None, tolerances: dict) -> dict:
@@ -420,6 +445,10 @@ def maybe_promote(profile, metrics: dict | str | Path | None = None, candidate: 
         if _dir_digest(Path(cands[name]["path"])) == current_rec.get("digest"):
             return {"promote": False, "reason": "candidate is the promoted generator already", "candidate": name,
                     "promoted": current_rec}
+    failures = floor_failures(cands[name], metrics, pcfg.floors)
+    if failures:
+        return {"promote": False, "reason": "below the promotion floors: " + "; ".join(failures),
+                "floor_failures": failures, "candidate": name}
     decision = {**promotion_decision(cands[name], current, pcfg.tolerances), "candidate": name}
     if decision["promote"]:
         decision["record"] = promote(profile, cands[name]["path"], cands[name], dict(decision))
@@ -453,8 +482,12 @@ def write_png(img: np.ndarray, path: Path) -> Path:
     return path
 
 
-def metric_plots(results: dict[str, dict], out_dir: Path) -> dict[str, str]:
-    """One PNG per headline metric (bars per candidate), plus per-segment and per-chunk-latency lines."""
+def metric_plots(results: dict[str, dict], out_dir: Path, refs: dict[str, list[tuple[str, float]]] | None = None
+                 ) -> dict[str, str]:
+    """One PNG per headline metric (bars per candidate) with reference lines (``refs``: metric -> [(label,
+    value)], e.g. chance and the metric's ceiling on accuracy, copy-last on MSE), plus per-segment and
+    per-chunk-latency lines."""
+    refs = refs or {}
     import matplotlib
 
     matplotlib.use("Agg")
@@ -472,10 +505,15 @@ def metric_plots(results: dict[str, dict], out_dir: Path) -> dict[str, str]:
         bars = ax.bar(range(len(names)), vals, color=colours[: len(names)])
         ax.bar_label(bars, fmt="%.3g", fontsize=8)
         # Room above and below zero for the value labels (all-negative drifts put them on the title otherwise).
-        lo, hi = min(0.0, *vals), max(0.0, *vals)
+        ref_vals = [v for _, v in refs.get(key, [])]
+        lo, hi = min(0.0, *vals, *ref_vals), max(0.0, *vals, *ref_vals)
         pad = 0.15 * ((hi - lo) or 1.0)
         ax.set_ylim(lo - (pad if lo < 0 else 0.0), hi + pad)
         ax.axhline(0.0, color="black", linewidth=0.6)
+        for (ref_label, ref_value), style in zip(refs.get(key, []), ("--", ":")):
+            ax.axhline(ref_value, color="dimgray", linestyle=style, linewidth=1.0, label=f"{ref_label} {ref_value:.3g}")
+        if refs.get(key):
+            ax.legend(fontsize=7, loc="upper right")
         ax.set_xticks(range(len(names)), names, rotation=15, fontsize=8)
         ax.set_title(f"{label} ({'higher' if higher else 'lower'} is better)", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
@@ -531,7 +569,7 @@ def results_table_rows(results: dict[str, dict]) -> tuple[list[str], list[list[s
 
 def markdown_report(metrics: dict) -> str:
     header, rows = results_table_rows(metrics["candidates"])
-    lines = [f"# Evaluation ({metrics['quality_scorer']['label']})", "",
+    lines = [f"# Evaluation ({metrics['quality_scorer']['label']})", "", verdict(metrics), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", "## Comparisons", ""] + [f"- `{k}`: {_fmt(v)}" for k, v in metrics["comparisons"].items()]
@@ -539,6 +577,24 @@ def markdown_report(metrics: dict) -> str:
     if p:
         lines += ["", f"## Promotion: {'promoted' if p.get('promote') else 'not promoted'} ({p.get('reason')})"]
     return "\n".join(lines)
+
+
+def verdict(metrics: dict) -> str:
+    """One line: does the proposed candidate follow the controls, and by how much."""
+    from yume.models.distill_config import PromotionFloors
+
+    cands = metrics["candidates"]
+    name = (metrics.get("promotion") or {}).get("candidate") or next(
+        (n for n in ("distilled_4step", "foundation_euler20") if n in cands), next(iter(cands)))
+    r = cands[name]
+    chance, ceiling = metrics.get("chance_joint_accuracy"), metrics.get("metric_ceiling_joint_accuracy")
+    joint = r.get("joint_accuracy", float("nan"))
+    ratio = joint / chance if chance else float("nan")
+    follows = not floor_failures(r, metrics, PromotionFloors(first_chunk_mse_below_copy_last=False, finite=False))
+    return (f"{name} {'follows' if follows else 'does not follow'} the controls: joint accuracy {joint:.3f}, "
+            f"{ratio:.1f}x chance ({chance:.3f}); the metric reads the ground truth at {ceiling:.3f}; first-chunk "
+            f"MSE {r.get('first_chunk_mse', float('nan')):.4f} vs copy-last "
+            f"{metrics.get('copy_last_first_chunk_mse', float('nan')):.4f}.")
 
 
 def write_html(metrics: dict, plots: dict[str, str], strips: dict[str, str], out: Path) -> Path:
@@ -562,6 +618,7 @@ def write_html(metrics: dict, plots: dict[str, str], strips: dict[str, str], out
 td,th{{border:1px solid #bbb;padding:3px 6px;text-align:right}} th{{background:#eee}} td:first-child{{text-align:left}}
 figure{{display:inline-block;margin:4px}} img{{border:1px solid #ddd}} figcaption{{font-size:12px}}</style></head>
 <body><h1>Yume-Bench-style evaluation</h1>
+<p class="verdict"><b>{html.escape(verdict(metrics))}</b></p>
 <p>{w['clips']} held-out procedural worlds (seed {w['seed']}), {w['chunks']} chunks of {w['chunk_frames']} frames each,
 every key and mouse label commanded ({w['key_labels']} keys, {w['mouse_labels']} mouse labels); event prompts on
 {w['clips_with_events']} worlds. Quality: <b>{html.escape(metrics['quality_scorer']['label'])}</b>.</p>
@@ -611,11 +668,16 @@ def run_evaluation(profile, foundation: str | Path | None, distilled: str | Path
         log.info("evaluating %s (%s)", c.name, c.description)
         results[c.name], rolls[c.name] = evaluate_candidate(c, worlds, profile, ecfg, mcfg, est, scorer, policy,
                                                             profile.workdir_path / "cache" / "text")
-    from yume.tasks.instruction_following import label_chunks, score_labels
+    from yume.tasks.instruction_following import chance_joint_accuracy, label_chunks, score_labels
 
     gt_labels = [lab for i in range(len(worlds.frames)) for lab in label_chunks(worlds.frames[i], L, mcfg, estimator=est)]
     cmd = [a for clip in worlds.commanded for a in clip]
-    plots = metric_plots(results, report_dir / "plots")
+    ceiling, chance = score_labels(gt_labels, cmd).joint_accuracy, chance_joint_accuracy(cmd)
+    copy_mse = float(np.mean((np.repeat(worlds.frames[:, :1], L, 1).astype(np.float64) / 255
+                              - worlds.frames[:, 1 : 1 + L].astype(np.float64) / 255) ** 2))
+    refs = {"joint_accuracy": [("chance", chance), ("metric ceiling", ceiling)],
+            "first_chunk_mse": [("copy-last", copy_mse)]}
+    plots = metric_plots(results, report_dir / "plots", refs)
     strips = {}
     k = min(2, len(worlds.frames))
     for name, roll in rolls.items():
@@ -632,7 +694,8 @@ def run_evaluation(profile, foundation: str | Path | None, distilled: str | Path
                    "key_labels": len({k for clip in worlds.commanded for k, _ in clip}),
                    "mouse_labels": len({m for clip in worlds.commanded for _, m in clip}),
                    "clips_with_events": sum(any(e) for e in worlds.events)},
-        "metric_ceiling_joint_accuracy": score_labels(gt_labels, cmd).joint_accuracy,
+        "metric_ceiling_joint_accuracy": ceiling, "chance_joint_accuracy": chance,
+        "copy_last_first_chunk_mse": copy_mse,
         "eval_seconds": round(time.perf_counter() - started, 2),
     }
     metrics["_plots"], metrics["_strips"] = plots, strips

@@ -11,6 +11,10 @@ one-frame ramps), ``chunks`` chunks each, at the training frame rate. Figures:
 - ``rollout_joint_accuracy``: ``chunks``-chunk autoregressive rollouts from the first frame (own history);
 - ``copy_last_joint_accuracy``: the first frame repeated (copy-the-last-frame baseline);
 - ``no_action_joint_accuracy``: the same model sampled with the empty-text embedding (no action input);
+- ``shuffled_actions_joint_accuracy``: teacher-forced with each chunk's action taken from another clip, scored
+  against the commanded ones (about chance when the accuracy comes from the action input);
+- ``base_joint_accuracy`` (+ key, mouse): the pretrained base the model was fine-tuned from, teacher-forced with
+  the same action sentences (what the fine-tune adds);
 - ``first_chunk_mse`` / ``copy_last_first_chunk_mse``: the rollout's first chunk against the ground-truth
   render, and the repeated first frame against it (pixels in [0, 1]);
 - ``chance_joint_accuracy``: the best constant label under the evaluation's action distribution;
@@ -91,8 +95,35 @@ def _labels(frames: np.ndarray, chunk_len: int, mcfg, estimator) -> list[tuple[s
     return classify_all(_motions(frames, chunk_len, mcfg, estimator), mcfg)
 
 
-def evaluate(profile, sampler, worlds: EvalWorlds | None = None, guidance: float | None = None) -> dict:
-    """All the figures of the module docstring (plus timings)."""
+def shuffled_actions(commanded: list[list[tuple[str, str]]], seed: int) -> list[list[tuple[str, str]]]:
+    """Each chunk's action taken from another clip's same chunk (a fixed random permutation per chunk)."""
+    rng = np.random.default_rng([seed, 99])
+    n, C = len(commanded), len(commanded[0])
+    perms = [rng.permutation(n) if n > 1 else np.zeros(1, int) for _ in range(C)]
+    return [[commanded[int(perms[c][i])][c] for c in range(C)] for i in range(n)]
+
+
+def teacher_forced_motions(sampler, w: EvalWorlds, actions: list[list[tuple[str, str]]], mcfg, est, batch: int,
+                           seed_offset: int, guidance: float | None, use_actions: bool = True) -> np.ndarray:
+    """(clips * chunks, 6) fitted camera motion of every chunk generated from the ground-truth frames before it
+    with ``actions`` (clip-major, as the commanded labels)."""
+    n, C, L = w.frames.shape[0], len(w.commanded[0]), w.chunk_len
+    frames = np.zeros_like(w.frames[:, 1:])
+    for c in range(C):
+        hist = w.frames[:, : 1 + c * L]
+        acts = [actions[i][c] for i in range(n)]
+        out = [sampler.next_chunk(hist[b0 : b0 + batch], acts[b0 : b0 + batch], seed=1000 * c + b0 + seed_offset,
+                                  guidance=guidance, use_actions=use_actions) for b0 in range(0, n, batch)]
+        frames[:, c * L : (c + 1) * L] = np.concatenate(out)
+    return np.asarray([_motions(np.concatenate([w.frames[i, c * L : c * L + 1], frames[i, c * L : (c + 1) * L]]),
+                                L, mcfg, est)[0] for i in range(n) for c in range(C)])
+
+
+def evaluate(profile, sampler, worlds: EvalWorlds | None = None, guidance: float | None = None,
+             base_sampler=None) -> dict:
+    """All the figures of the module docstring (plus timings). ``base_sampler``: the pretrained base the model
+    was fine-tuned from, scored the same way with the action sentences (``base_joint_accuracy``: what the
+    fine-tune adds)."""
     from yume.datasets.training_set import frame_stride
     from yume.tasks.instruction_following import (FlowMotionEstimator, chance_joint_accuracy, classify_all,
                                                   motion_gains, score_labels)
@@ -115,25 +146,22 @@ def evaluate(profile, sampler, worlds: EvalWorlds | None = None, guidance: float
     gt = classify_all(gt_motion, mcfg)
     copy = [lab for i in range(n) for lab in _labels(np.repeat(w.frames[i][:1], len(w.frames[i]), 0), L, mcfg, est)]
 
-    # Teacher-forced: chunk c from the ground-truth frames before it (batched over clips), with and without actions.
+    # Teacher-forced: chunk c from the ground-truth frames before it (batched over clips): with the commanded
+    # actions, without actions (empty text), and with the actions shuffled across clips (a model that follows
+    # the text then draws the wrong motion: the ablation that the accuracy comes from the action input).
     t0 = time.perf_counter()
-    tf_frames = {True: np.zeros_like(w.frames[:, 1:]), False: np.zeros_like(w.frames[:, 1:])}
-    for c in range(C):
-        hist = w.frames[:, : 1 + c * L]
-        acts = [w.commanded[i][c] for i in range(n)]
-        for use in (True, False):
-            out = []
-            for b0 in range(0, n, e.batch_size):
-                out.append(sampler.next_chunk(hist[b0 : b0 + e.batch_size], acts[b0 : b0 + e.batch_size],
-                                              seed=1000 * c + b0 + (0 if use else 7), guidance=guidance, use_actions=use))
-            tf_frames[use][:, c * L : (c + 1) * L] = np.concatenate(out)
-    tf_motion = {True: [], False: []}
-    for i in range(n):
-        for c in range(C):
-            for use in (True, False):
-                clip = np.concatenate([w.frames[i, c * L : c * L + 1], tf_frames[use][i, c * L : (c + 1) * L]])
-                tf_motion[use].append(_motions(clip, L, mcfg, est)[0])
-    tf_labels, na_labels = (classify_all(np.asarray(tf_motion[use]), mcfg) for use in (True, False))
+    tf_motion = teacher_forced_motions(sampler, w, w.commanded, mcfg, est, e.batch_size, 0, guidance)
+    na_motion = teacher_forced_motions(sampler, w, w.commanded, mcfg, est, e.batch_size, 7, guidance, use_actions=False)
+    tf_labels, na_labels = classify_all(tf_motion, mcfg), classify_all(na_motion, mcfg)
+    shuffled = shuffled_actions(w.commanded, e.seed)
+    sh_labels = classify_all(teacher_forced_motions(sampler, w, shuffled, mcfg, est, e.batch_size, 13, guidance), mcfg)
+    base = {}
+    if base_sampler is not None:
+        base_labels = classify_all(teacher_forced_motions(base_sampler, w, w.commanded, mcfg, est, e.batch_size, 0,
+                                                          guidance), mcfg)
+        base = {"base_joint_accuracy": score(base_labels).joint_accuracy,
+                "base_key_accuracy": score(base_labels).key_accuracy,
+                "base_mouse_accuracy": score(base_labels).mouse_accuracy}
     t_tf = time.perf_counter() - t0
 
     # Rollouts from the first frame, own history.
@@ -158,9 +186,10 @@ def evaluate(profile, sampler, worlds: EvalWorlds | None = None, guidance: float
         "metric_ceiling_joint_accuracy": score(gt).joint_accuracy, "metric_ceiling_if_score": score(gt).if_score,
         "copy_last_joint_accuracy": score(copy).joint_accuracy,
         "no_action_joint_accuracy": score(na_labels).joint_accuracy,
+        "shuffled_actions_joint_accuracy": score(sh_labels).joint_accuracy, **base,
         "chance_joint_accuracy": chance_joint_accuracy(cmd),
         "first_chunk_mse": first_mse, "copy_last_first_chunk_mse": copy_mse,
-        **{f"motion_gain_{k}": v for k, v in motion_gains(np.asarray(tf_motion[True]), gt_motion).items()},
+        **{f"motion_gain_{k}": v for k, v in motion_gains(tf_motion, gt_motion).items()},
         "eval_clips": n, "eval_chunk_frames": L, "eval_frame_stride": w.stride,
         "eval_guidance": sampler.cfg.guidance if guidance is None else guidance,
         "eval_seconds": round(time.perf_counter() - started, 2), "eval_render_seconds": round(t_render, 2),
