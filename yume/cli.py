@@ -49,6 +49,15 @@ def cmd_flow(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain_base(args: argparse.Namespace) -> int:
+    from yume.flows.pretrain_base import pretrain_base
+
+    result = pretrain_base(profile=args.profile, workdir=args.workdir, overrides=args.overrides,
+                           export_only=args.export_only)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 def cmd_render_worlds(args: argparse.Namespace) -> int:
     from yume.config import load_profile
     from yume.datasets.procedural import write_sekai_dataset
@@ -154,15 +163,33 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from yume.models.sampler import generate_to_mp4, parse_actions
 
     profile = load_profile(args.profile, None, args.overrides)
+    # The checkpoint's recorded schedule is the default; only the sampler fields given with --set override it.
+    explicit = {key: getattr(profile.sampler, key) for key in sampler_overrides(args.overrides)}
     try:
         actions = parse_actions(args.actions)
+        metric = None
+        if args.label:
+            from yume.tasks.foundation_eval import metric_config
+
+            metric = metric_config(profile)
         result = generate_to_mp4(args.checkpoint, actions, args.out, image=args.image, prompt=args.prompt,
-                                 cfg=profile.sampler, seed=args.seed)
+                                 cfg=profile.sampler, seed=args.seed, explicit=explicit, label_metric=metric)
     except (ValueError, FileNotFoundError) as e:  # bad action syntax, image or checkpoint: a message, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=1))
+    if args.label:
+        for row in result["labels"]:
+            print(f"chunk {row['chunk']:3d}  commanded {row['commanded']:8s} measured {row['measured']:8s} "
+                  f"{'ok' if row['correct'] else '--'}", file=sys.stderr)
+        print(f"{result['correct_chunks']} of {len(result['labels'])} chunks labelled as commanded", file=sys.stderr)
+    print(json.dumps(result, indent=1, ensure_ascii=False))
     return 0
+
+
+def sampler_overrides(overrides: list[str]) -> list[str]:
+    """The ``sampler`` fields a list of ``--set KEY=VALUE`` assigns (``sampler.steps=4`` -> ``steps``)."""
+    keys = [o.split("=", 1)[0].strip() for o in overrides]
+    return [k.split(".", 1)[1].split(".")[0] for k in keys if k.startswith("sampler.") and "." in k]
 
 
 def cmd_model(args: argparse.Namespace) -> int:
@@ -186,6 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stage", choices=STAGE_NAMES)
     _add_profile_args(p)
     p.set_defaults(fn=cmd_flow)
+
+    p = sub.add_parser("pretrain-base", help="pretrain the tiny base train_foundation fine-tunes (run once; ships)",
+                       description="Train the tiny profile's base DiT (a general video model of the procedural "
+                       "worlds, no action sentences), export it in diffusers format to pretrain_base.out with a model "
+                       "card and learning curve. Resumes from its last checkpoint.")
+    _add_profile_args(p)
+    p.add_argument("--export-only", action="store_true",
+                   help="do not train: export the newest checkpoint with its card (a run in progress)")
+    p.set_defaults(fn=cmd_pretrain_base)
 
     p = sub.add_parser("render-worlds", help="write procedural Sekai-format worlds")
     p.add_argument("out")
@@ -224,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actions", required=True, help="inline action list or a file")
     p.add_argument("--out", required=True, help="output .mp4")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--label", action="store_true", help="label each chunk's motion with the instruction-following "
+                   "metric and print commanded vs measured (stderr; `labels` in the JSON)")
     p.add_argument("--profile", default="tiny", help="profile whose `sampler` section is used (steps, guidance...)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a profile value, e.g. --set sampler.steps=4")

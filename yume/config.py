@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from yume.datasets.procedural import ProceduralWorldConfig
 from yume.models.config import MODEL_CONFIGS, ModelConfig
-from yume.models.train_config import SamplerConfig, TrainConfig, TrainingSetConfig
+from yume.models.train_config import PretrainBaseConfig, SamplerConfig, TrainConfig, TrainingSetConfig
 from yume.models.distill_config import DistillConfig
 from yume.tasks.actions import ActionConfig
 
@@ -243,6 +243,8 @@ class Profile(StrictModel):
     training_set: TrainingSetConfig = TrainingSetConfig()
     train: TrainConfig = TrainConfig()
     sampler: SamplerConfig = SamplerConfig()
+    # The tiny base train_foundation fine-tunes (tiny only; yume15 starts from Wan2.2-TI2V-5B).
+    pretrain_base: PretrainBaseConfig | None = None
     # Distillation (issue 5): the 4-step generator; `distill.evaluate` configures the evaluate stage.
     distill: DistillConfig = DistillConfig()
 
