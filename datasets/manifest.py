@@ -264,10 +264,23 @@ def completed_shards(manifest_dir: Path) -> list[str]:
     return [n for n in names if read_marker(d, n) is not None]
 
 
+# Every module that declares manifest kinds: the one place readers (the CLI, validate, show) load them from.
+KIND_MODULES = ("yume.datasets.manifest_kinds", "yume.datasets.training_set")
+
+
+def all_kinds() -> dict[str, ManifestKind]:
+    """Every manifest kind the pipeline writes (importing the modules that declare them)."""
+    import importlib
+
+    for module in KIND_MODULES:
+        importlib.import_module(module)
+    return KINDS
+
+
 def _kind_of(schema: pa.Schema) -> ManifestKind:
     meta = schema.metadata or {}
     name = meta.get(META_KIND, b"").decode()
-    if name not in KINDS:
+    if name not in all_kinds():
         raise ManifestError(f"unknown manifest kind {name!r} (known: {sorted(KINDS)})")
     kind = KINDS[name]
     version = int(meta.get(META_VERSION, b"0"))

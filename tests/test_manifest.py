@@ -125,3 +125,27 @@ def test_symlink_escape_is_rejected(tmp_path):
     with pytest.raises(m.PathEscapeError):
         m.resolve_uri(tmp_path / "root", "link/secret.mp4")
     assert m.resolve_uri(tmp_path / "root", "videos/a.mp4") == (tmp_path / "root" / "videos/a.mp4").resolve()
+
+
+def test_the_cli_knows_every_manifest_kind_the_pipeline_writes(tmp_path):
+    """`yume manifest` in a fresh process (no stage module imported) reads a `train` manifest: every kind is
+    registered in one place the readers load (it said "unknown manifest kind 'train'")."""
+    import subprocess
+    import sys
+
+    from yume.datasets.training_set import TRAIN
+
+    kinds = m.all_kinds()
+    assert {"real", "captions", "synthetic", "events", "scores", "train"} <= set(kinds)
+    row = {"id": str(uuid.uuid4()), "source_uri": "v.mp4", "content_hash": "h", "stage": "build_training_set",
+           "stage_version": "1", "config_hash": "c", "status": "ok", "error": None, "source": "procedural",
+           "video_root": "media", "video_uri": "v.mp4", "clip_key": "k", "start_frame": 0, "end_frame": 8,
+           "clip_frames": 9, "fps": 30.0, "keys": "W", "mouse": "·", "t2v_text": "t", "i2v_text": None,
+           "image_uri": None, "composite": None, "weight_i2v": 1.0, "weight_t2v": 1.0}
+    m.write_shard(tmp_path / "train", "procedural", [row], TRAIN)
+    code = "import sys; from yume.cli import main; sys.exit(main(sys.argv[1:]))"
+    for action in ("validate", "show"):
+        r = subprocess.run([sys.executable, "-c", code, "manifest", action, str(tmp_path / "train")],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "unknown manifest kind" not in r.stdout + r.stderr
