@@ -265,6 +265,9 @@ def score_base(sampler, worlds, captions: list[str], mcfg, estimator) -> dict:
 
     L = worlds.chunk_len
     pairs = continuing_chunks(worlds.commanded)
+    if not pairs:
+        raise ValueError("the learning-curve worlds have no chunk whose action continues the one before: raise "
+                         "pretrain_base.curve.clips, chunks or segment_chunks")
     gen, gt_mot, gen_mot, cmd = [], [], [], []
     for c in sorted({c for _, c in pairs}):
         clips = [i for i, cc in pairs if cc == c]
