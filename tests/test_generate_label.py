@@ -54,3 +54,19 @@ def test_yume_generate_label_prints_commanded_and_measured(tmp_path):
     assert [r["commanded"] for r in result["labels"]] == ["W:→", "W:→", "None:↑"]
     assert result["correct_chunks"] == sum(r["correct"] for r in result["labels"])
     assert f"{result['correct_chunks']} of 3 chunks labelled as commanded" in stderr.getvalue()
+
+
+def test_shuffled_actions_permute_each_chunk_across_clips():
+    from collections import Counter
+
+    from yume.tasks.action_text import KEY_LABELS, MOUSE_LABELS
+    from yume.tasks.foundation_eval import shuffled_actions
+
+    rng = np.random.default_rng(0)
+    cmd = [[(KEY_LABELS[rng.integers(9)], MOUSE_LABELS[rng.integers(9)]) for _ in range(12)] for _ in range(24)]
+    sh = shuffled_actions(cmd, 20000)
+    assert sh == shuffled_actions(cmd, 20000) and sh != shuffled_actions(cmd, 1)
+    for c in range(12):  # each chunk's actions are the same multiset, moved to other clips
+        assert Counter(cmd[i][c] for i in range(24)) == Counter(sh[i][c] for i in range(24))
+    moved = sum(sh[i][c] != cmd[i][c] for i in range(24) for c in range(12)) / (24 * 12)
+    assert moved > 0.8
