@@ -29,6 +29,7 @@ from yume.tasks.pretrain_base import (
     fit_base,
     learning_curve,
     pretrain_profile,
+    run_summary,
     write_card,
 )
 
@@ -65,7 +66,7 @@ def pretrain_base(profile: str = "tiny", workdir: str | None = None, overrides: 
         from yume.tasks.train_foundation import prepare_run
 
         run = prepare_run(pp, build["encoder_id"])
-        summary = _summary_of(run)
+        summary = run_summary(run)
     else:
         run, summary = fit_task(pp, cfg.pretrain_base, build)
     exported = export_task(cfg, pp, run, summary, build)
@@ -73,22 +74,3 @@ def pretrain_base(profile: str = "tiny", workdir: str | None = None, overrides: 
                **exported, "build": build, "wall_seconds": round(time.perf_counter() - started, 2)}
     write_metrics(pp, STAGE, metrics)
     return {k: v for k, v in metrics.items() if not isinstance(v, dict)}
-
-
-def _summary_of(run) -> dict:
-    """done.json and progress.json of a run that is not being trained now (export-only)."""
-    import json
-    from pathlib import Path
-
-    from yume.tasks.train_foundation import last_checkpoint
-
-    from yume.tasks.pretrain_base import read_progress
-
-    d = Path(run.run_dir)
-    out = json.loads((d / "done.json").read_text()) if (d / "done.json").is_file() else {}
-    progress = read_progress(d)
-    out.update({k: progress[k] for k in ("cpu_seconds", "wall_seconds") if k in progress})
-    last = last_checkpoint(run.ckpt_dir)
-    if last is not None:
-        out["global_step"] = json.loads((run.ckpt_dir / "last.json").read_text())["step"]
-    return out

@@ -145,8 +145,8 @@ def renoise_grid(timesteps: list[float], shift: float) -> list[float]:
 SCHEDULE_FIELDS = ("schedule", "steps", "shift", "guidance", "renoise_timesteps")
 
 
-def resolve_schedule(recorded: dict | None, base: SamplerConfig | None = None, explicit: dict | None = None
-                     ) -> tuple[SamplerConfig, str]:
+def resolve_schedule(recorded: dict | None, base: SamplerConfig | None = None, explicit: dict | None = None,
+                     base_source: str = "profile (the checkpoint records none)") -> tuple[SamplerConfig, str]:
     """The schedule to sample a checkpoint with, and the one-line log that says it and where it came from.
 
     ``base`` (the profile's ``sampler`` section) gives every field; the checkpoint's ``recorded`` schedule
@@ -158,7 +158,7 @@ def resolve_schedule(recorded: dict | None, base: SamplerConfig | None = None, e
     explicit = dict(explicit or {})
     cfg = SamplerConfig.model_validate({**base.model_dump(), **rec, **explicit})
     steps = len(cfg.renoise_timesteps) if cfg.schedule == "renoise" else cfg.steps
-    source = "checkpoint" if rec else "profile (the checkpoint records none)"
+    source = "checkpoint" if rec else base_source
     over = sorted(k for k in explicit if k in SCHEDULE_FIELDS)
     if over:
         source += "; override: " + ", ".join(over)
@@ -219,9 +219,10 @@ class WorldSampler:
             model = WanDiT.from_config(model_cfg)
             model.load_state_dict(state)
         tcfg = TrainConfig.model_validate(meta.get("train_config", {}))
-        cfg, line = resolve_schedule(meta.get("sampler") if use_recorded else None, cfg, explicit)
-        if not use_recorded:
-            line = line.replace("profile (the checkpoint records none)", "the caller's configuration")
+        if use_recorded:
+            cfg, line = resolve_schedule(meta.get("sampler"), cfg, explicit)
+        else:
+            cfg, line = resolve_schedule(None, cfg, explicit, base_source="the caller's configuration")
         log.info("%s", line)
         encoder = TextEncoder.from_config(model_cfg.text)
         if meta.get("encoder_id") and meta["encoder_id"] != encoder.encoder_id:

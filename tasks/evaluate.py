@@ -646,7 +646,7 @@ def run_evaluation(profile, foundation: str | Path | None, distilled: str | Path
     from yume.models.codecs import build_codec
     from yume.models.config import ModelConfig
     from yume.models.distill_config import evaluate_config
-    from yume.tasks.foundation_eval import metric_config
+    from yume.tasks.foundation_eval import copy_last_first_chunk_mse, metric_config
     from yume.tasks.instruction_following import FlowMotionEstimator
 
     started = time.perf_counter()
@@ -673,8 +673,7 @@ def run_evaluation(profile, foundation: str | Path | None, distilled: str | Path
     gt_labels = [lab for i in range(len(worlds.frames)) for lab in label_chunks(worlds.frames[i], L, mcfg, estimator=est)]
     cmd = [a for clip in worlds.commanded for a in clip]
     ceiling, chance = score_labels(gt_labels, cmd).joint_accuracy, chance_joint_accuracy(cmd)
-    copy_mse = float(np.mean((np.repeat(worlds.frames[:, :1], L, 1).astype(np.float64) / 255
-                              - worlds.frames[:, 1 : 1 + L].astype(np.float64) / 255) ** 2))
+    copy_mse = copy_last_first_chunk_mse(worlds.frames, L)
     refs = {"joint_accuracy": [("chance", chance), ("metric ceiling", ceiling)],
             "first_chunk_mse": [("copy-last", copy_mse)]}
     plots = metric_plots(results, report_dir / "plots", refs)

@@ -95,6 +95,13 @@ def _labels(frames: np.ndarray, chunk_len: int, mcfg, estimator) -> list[tuple[s
     return classify_all(_motions(frames, chunk_len, mcfg, estimator), mcfg)
 
 
+def copy_last_first_chunk_mse(frames: np.ndarray, chunk_len: int) -> float:
+    """MSE (pixels in [0, 1]) of the copy-last baseline on the first chunk: the start frame repeated against the
+    ground truth's frames 1 .. chunk_len of every clip ([clips, T, H, W, 3] uint8)."""
+    truth = frames[:, 1 : 1 + chunk_len].astype(np.float64) / 255
+    return float(np.mean((np.repeat(frames[:, :1], chunk_len, 1).astype(np.float64) / 255 - truth) ** 2))
+
+
 def shuffled_actions(commanded: list[list[tuple[str, str]]], seed: int) -> list[list[tuple[str, str]]]:
     """Each chunk's action taken from another clip's same chunk (a fixed random permutation per chunk)."""
     rng = np.random.default_rng([seed, 99])
@@ -176,7 +183,7 @@ def evaluate(profile, sampler, worlds: EvalWorlds | None = None, guidance: float
 
     gt01 = w.frames[:, 1 : 1 + L].astype(np.float64) / 255
     first_mse = float(np.mean((roll[:, 1 : 1 + L].astype(np.float64) / 255 - gt01) ** 2))
-    copy_mse = float(np.mean((np.repeat(w.frames[:, :1], L, 1).astype(np.float64) / 255 - gt01) ** 2))
+    copy_mse = copy_last_first_chunk_mse(w.frames, L)
     tf_s = score(tf_labels)
     out = {
         "joint_accuracy": tf_s.joint_accuracy, "if_score": tf_s.if_score, "key_accuracy": tf_s.key_accuracy,

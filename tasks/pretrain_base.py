@@ -23,7 +23,6 @@ Wan was pretrained (REFERENCE section 11): a general video model of the procedur
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -147,6 +146,28 @@ class ProgressAndSnapshots(_callback_base()):
             save_snapshot(pl_module.inference_model(), self.run_dir / "snapshots" / f"step-{step:07d}.safetensors")
 
 
+def last_checkpoint_step(ckpt_dir: Path) -> int:
+    """The step of the newest checkpoint (``last.json``), 0 when there is none."""
+    from yume.tasks.train_foundation import last_checkpoint
+
+    if last_checkpoint(ckpt_dir) is None:
+        return 0
+    return int(json.loads((Path(ckpt_dir) / "last.json").read_text())["step"])
+
+
+def run_summary(run) -> dict:
+    """What a run that is not being trained now reports (``--export-only``): ``done.json`` when it finished,
+    the CPU and wall totals of ``progress.json``, and the newest checkpoint's step."""
+    d = Path(run.run_dir)
+    out = json.loads((d / "done.json").read_text()) if (d / "done.json").is_file() else {}
+    progress = read_progress(d)
+    out.update({k: progress[k] for k in ("cpu_seconds", "wall_seconds") if k in progress})
+    step = last_checkpoint_step(run.ckpt_dir)
+    if step:
+        out["global_step"] = step
+    return out
+
+
 def write_progress(run_dir: Path, step: int, cpu: float, wall: float) -> None:
     tmp = Path(run_dir) / f".progress.json.{os.getpid()}"
     tmp.write_text(json.dumps({"step": step, "cpu_seconds": round(cpu, 1), "wall_seconds": round(wall, 1)}))
@@ -182,9 +203,9 @@ def fit_base(pp, pb, build: dict) -> tuple[object, dict]:
     run = prepare_run(pp, build.get("encoder_id"))
     done = Path(run.run_dir) / "done.json"
     last = last_checkpoint(run.ckpt_dir)
-    if done.is_file() and last is not None and json.loads(done.read_text()).get("checkpoint") == str(last) \
-            and json.loads(done.read_text()).get("global_step", 0) >= pp.train.max_steps:
-        return run, {**json.loads(done.read_text()), "cached": True}
+    finished = json.loads(done.read_text()) if done.is_file() else {}
+    if last is not None and finished.get("checkpoint") == str(last) and finished.get("global_step", 0) >= pp.train.max_steps:
+        return run, {**finished, "cached": True}
     prev = read_progress(run.run_dir) if run.resume_from else {}
     cb = ProgressAndSnapshots(run.run_dir, pp.train.log_every_n_steps * 10, pb.snapshot_every_n_steps,
                               pp.train.batch_size, prev.get("cpu_seconds", 0.0), prev.get("wall_seconds", 0.0))
@@ -192,17 +213,8 @@ def fit_base(pp, pb, build: dict) -> tuple[object, dict]:
         summary = fit_local(run, extra_callbacks=[cb])
     finally:  # also on an interrupt: the totals so far stay with the run
         cpu, wall = cb.totals()
-        write_progress(run.run_dir, int(json.loads((run.ckpt_dir / "last.json").read_text())["step"])
-                       if (run.ckpt_dir / "last.json").is_file() else 0, cpu, wall)
+        write_progress(run.run_dir, last_checkpoint_step(run.ckpt_dir), cpu, wall)
     return run, {**summary, "cpu_seconds": round(cpu, 1), "wall_seconds": round(wall, 1), "cached": False}
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def machine() -> dict:
@@ -412,13 +424,14 @@ def write_card(out: Path, pp, profile, run, summary: dict, build: dict, curve: l
     import pandas as pd
 
     from yume.config import stage_hash
+    from yume.datasets.manifest import file_sha256
 
     t = pp.train
     steps = int(summary.get("global_step") or 0)
     card = {
         "name": "yume tiny base", "stage": STAGE, "stage_version": pp.pretrain_base.stage_version,
         "architecture": "WanDiT (diffusers WanTransformer3DModel keys) + TSCM",
-        "parameters": None, "weights_file": WEIGHTS_FILE, "weights_sha256": sha256_file(out / WEIGHTS_FILE),
+        "parameters": None, "weights_file": WEIGHTS_FILE, "weights_sha256": file_sha256(out / WEIGHTS_FILE),
         "encoder_id": run.encoder_id, "text": "scene captions; motion words from yume.tasks.motion_captions "
         "(no action sentence)", "action_sentences_in_pretraining": False,
         "data": {"seed": pp.training_set.worlds.seed, "worlds": pp.training_set.worlds.model_dump(mode="json"),

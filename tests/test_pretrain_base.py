@@ -27,7 +27,7 @@ def _weights(d):
 @pytest.mark.slow
 def test_pretrain_base_trains_resumes_deterministically_and_ships_a_card(tmp_path, prefect_harness):
     from yume.flows.pretrain_base import pretrain_base
-    from yume.tasks.pretrain_base import sha256_file
+    from yume.datasets.manifest import file_sha256
 
     out_a, out_b = tmp_path / "base_a", tmp_path / "base_b"
     # A: 4 steps, then the same run continued to 6 (resumes from its step-4 checkpoint).
@@ -43,7 +43,7 @@ def test_pretrain_base_trains_resumes_deterministically_and_ships_a_card(tmp_pat
     wa, wb = _weights(out_a), _weights(out_b)
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     card = json.loads((out_a / "model_card.json").read_text())
-    assert card["weights_sha256"] == sha256_file(out_a / "diffusion_pytorch_model.safetensors")
+    assert card["weights_sha256"] == file_sha256(out_a / "diffusion_pytorch_model.safetensors")
     assert card["training"]["steps"] == 6 and card["training"]["samples"] == 24 and card["training"]["complete"]
     assert card["training"]["cpu_seconds"] > 0 and card["machine"]["device"] == "cpu"
     assert card["encoder_id"].startswith("tiny-umt5:") and card["data"]["seed"] == 5
@@ -69,14 +69,14 @@ def test_the_shipped_base_matches_its_card_and_loads_in_diffusers():
     diffusers = pytest.importorskip("diffusers")
     from yume.models.config import resolve_model_path
     from yume.models.foundation import build_dit
-    from yume.tasks.pretrain_base import sha256_file
+    from yume.datasets.manifest import file_sha256
 
     prof = load_profile("tiny")
     d = resolve_model_path(prof.model.dit_pretrained_path)
     card = json.loads((d / "model_card.json").read_text())
     weights = d / "diffusion_pytorch_model.safetensors"
     assert weights.stat().st_size < 25 * 2**20
-    assert sha256_file(weights) == card["weights_sha256"]
+    assert file_sha256(weights) == card["weights_sha256"]
     ours = _weights(d)
     ref = diffusers.WanTransformer3DModel.from_pretrained(str(d))
     for k, v in ref.state_dict().items():
