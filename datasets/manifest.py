@@ -133,6 +133,15 @@ def resolve_uri(root: Path, uri: str) -> Path:
     return Path(root).resolve() / uri
 
 
+def recordable_uri(root: Path, uri: str) -> str:
+    """The URI as written if it stays under the root; an escaping one (a quarantined row's input) is recorded
+    under an ``escaped/`` prefix so that the row itself never points outside the data root."""
+    try:
+        return relative_uri(root, uri)
+    except PathEscapeError:
+        return "escaped/" + uri.replace("..", "__").lstrip("/")
+
+
 def file_sha256(*paths: Path, chunk: int = 1 << 20) -> str:
     """sha256 over the bytes of one or more files, in order (streamed)."""
     h = hashlib.sha256()

@@ -30,6 +30,7 @@ from yume.tasks.build_training_set import (
     label_counts,
     write_train_manifest,
 )
+from yume.workdir_lock import locks_workdir
 
 log = logging.getLogger(__name__)
 STAGE = "build_training_set"
@@ -55,6 +56,7 @@ def encode_shard_task(profile, shard: str, clips: list[dict], encoder_id: str, c
 
 
 @flow(name="build_training_set")
+@locks_workdir
 def build_training_set(profile: str = "tiny", workdir: str | None = None, overrides: list[str] | None = None) -> dict:
     """Write manifests/train (one shard per source) and the latent + text-embedding cache."""
     from yume.models.text import TextEncoder

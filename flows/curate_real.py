@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_table_artifact
 from prefect.futures import as_completed
 from rich.progress import Progress
@@ -29,6 +30,7 @@ from yume.datasets.sekai import SekaiClip, read_annotations
 from yume.flows.reporting import write_metrics
 from yume.tasks.curate_real import clip_fingerprint, curate_clip
 from yume.versioning import code_version
+from yume.workdir_lock import locks_workdir
 
 log = logging.getLogger(__name__)
 STAGE = "curate_real"
@@ -46,18 +48,27 @@ def ensure_procedural_worlds(profile: Profile) -> str:
     if marker.is_file() and json.loads(marker.read_text()).get("world_hash") == key:
         log.info("procedural worlds at %s are up to date", root)
         return str(root)
+    # Render beside the old tree and swap it in only once complete: a kill mid-render leaves the previous worlds
+    # (or nothing) in place, never a half-written tree that a later run would trust. The work directory's lock
+    # (yume.workdir_lock) keeps a second run from rendering into the same place meanwhile.
+    staging = root.with_name(f".{root.name}.rendering")
+    if staging.exists():
+        shutil.rmtree(staging)  # a render that was killed: nobody else writes here while we hold the lock
+    write_sekai_dataset(staging, profile.world)
+    (staging / WORLD_MARKER).write_text(json.dumps({"world_hash": key}))
     if root.exists():
-        shutil.rmtree(root)  # stale or half-rendered: start clean
-    write_sekai_dataset(root, profile.world)
-    marker.write_text(json.dumps({"world_hash": key}))
+        retired = root.with_name(f".{root.name}.retired")
+        shutil.rmtree(retired, ignore_errors=True)
+        root.rename(retired)
+        staging.rename(root)
+        shutil.rmtree(retired)
+    else:
+        staging.rename(root)
     return str(root)
 
 
-def _shard_cache_key(context, parameters) -> str:
-    return parameters["cache_key"]
 
-
-@task(name="curate-real-shard", cache_key_fn=_shard_cache_key, persist_result=True)
+@task(name="curate-real-shard", persist_result=False, cache_policy=NO_CACHE)  # its completion marker is the record
 def curate_shard(shard: str, clips: list[SekaiClip], root: str, manifest_dir: str, profile: Profile, cache_key: str) -> dict:
     """Label every clip of one shard and write the shard atomically. Returns its completion marker."""
     marker = read_marker(Path(manifest_dir), shard)
@@ -100,6 +111,7 @@ def label_distribution(manifest_dir: Path) -> list[dict]:
 
 
 @flow(name="curate_real")
+@locks_workdir
 def curate_real(profile: str = "tiny", workdir: str | None = None, overrides: list[str] | None = None) -> dict:
     """Read a Sekai-format directory, convert trajectories to actions, cut segments, write manifests/real."""
     started = time.perf_counter()
@@ -118,7 +130,7 @@ def curate_real(profile: str = "tiny", workdir: str | None = None, overrides: li
         fresh = marker is not None and marker.get("cache_key") == key
         hits += fresh
         options = curate_shard.with_options(
-            refresh_cache=not fresh, retries=cfg.prefect.task_retries, retry_delay_seconds=cfg.prefect.retry_delay_seconds
+            retries=cfg.prefect.task_retries, retry_delay_seconds=cfg.prefect.retry_delay_seconds
         )
         futures.append(options.submit(name, shard_clips, str(root), str(manifest_dir), cfg, key))
     with Progress(transient=True) as progress:

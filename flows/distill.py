@@ -36,6 +36,7 @@ from yume.tasks.distill import (
     last_checkpoint,
     prepare_distill_run,
 )
+from yume.workdir_lock import locks_workdir
 
 log = logging.getLogger(__name__)
 STAGE = "distill"
@@ -48,6 +49,7 @@ def fit_task(run: DistillRun) -> dict:
 
 
 @flow(name="distill")
+@locks_workdir
 def distill(profile: str = "tiny", workdir: str | None = None, overrides: list[str] | None = None) -> dict:
     started = time.perf_counter()
     cfg = load_profile(profile, workdir, overrides or [])

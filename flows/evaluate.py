@@ -31,6 +31,7 @@ from yume.tasks.evaluate import (
     run_evaluation,
     write_html,
 )
+from yume.workdir_lock import locks_workdir
 
 log = logging.getLogger(__name__)
 CONFIG_SECTIONS = ("model", "distill", "sampler", "train", "world", "score_and_filter")
@@ -44,6 +45,7 @@ def evaluate_task(cfg, foundation: str | None, distilled: str | None, promoted: 
 
 
 @flow(name="evaluate")
+@locks_workdir
 def evaluate(profile: str = "tiny", workdir: str | None = None, overrides: list[str] | None = None,
              promote: bool = False) -> dict:
     from yume.models.distill_config import evaluate_config

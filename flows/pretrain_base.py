@@ -32,6 +32,7 @@ from yume.tasks.pretrain_base import (
     run_summary,
     write_card,
 )
+from yume.workdir_lock import locks_workdir
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ def export_task(profile, pp, run, summary: dict, build: dict) -> dict:
 
 
 @flow(name="pretrain_base")
+@locks_workdir
 def pretrain_base(profile: str = "tiny", workdir: str | None = None, overrides: list[str] | None = None,
                   export_only: bool = False) -> dict:
     started = time.perf_counter()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_table_artifact
 
 from yume.config import Profile, load_profile, stage_hash
@@ -26,6 +27,7 @@ from yume.flows.reporting import write_metrics
 from yume.flows.stage_utils import quarantine_reasons, remove_stale_shards, run_shards, shard_cache_key, split_shards
 from yume.tasks.ray_pool import ActorPool
 from yume.tasks.recaption import CaptionWorker, caption_row, sample_frame_indices
+from yume.workdir_lock import locks_workdir
 
 log = logging.getLogger(__name__)
 STAGE = "recaption"
@@ -59,11 +61,8 @@ def load_events_table(root: Path, rel: str | None) -> dict[str, dict]:
     return out
 
 
-def _shard_key(context, parameters) -> str:
-    return parameters["cache_key"]
 
-
-@task(name="recaption-shard", cache_key_fn=_shard_key, persist_result=True)
+@task(name="recaption-shard", persist_result=False, cache_policy=NO_CACHE)  # its completion marker is the record
 def recaption_shard(shard: str, items: list[dict], manifest_dir: str, pool: ActorPool, backend: str,
                     model_id: str | None, stage_version: str, config_hash: str, cache_key: str) -> dict:
     """Caption one shard's segments on the actor pool and write the shard atomically."""
@@ -103,6 +102,7 @@ def build_items(cfg: Profile, root: Path) -> tuple[list[dict], int]:
 
 
 @flow(name="recaption")
+@locks_workdir
 def recaption(profile: str = "tiny", workdir: str | None = None, overrides: list[str] | None = None) -> dict:
     """Caption every ok `real` segment with an event-focused caption; write manifests/captions."""
     started = time.perf_counter()

@@ -58,6 +58,7 @@ from yume.flows.synthesize_events import synthesize_events
 from yume.flows.synthesize_t2v import synthesize_t2v
 from yume.flows.train_foundation import train_foundation
 from yume.versioning import code_version
+from yume.workdir_lock import locks_workdir
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +277,7 @@ def run_stage_cached(stage: Stage, cfg: Profile, profile: str, overrides: list[s
 
 
 @flow(name="retrain")
+@locks_workdir
 def retrain(profile: str = "tiny", workdir: str | None = None, overrides: list[str] | None = None) -> dict:
     """Every stage in DAG order, each skipped (cache hit) when its inputs, config and code are unchanged."""
     started = time.perf_counter()

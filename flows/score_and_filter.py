@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from rich.progress import Progress
 
@@ -34,15 +35,13 @@ from yume.flows.stage_utils import png_markdown, quarantine_reasons, remove_stal
 from yume.tasks.ray_pool import ActorPool
 from yume.tasks.score_and_filter import SOURCES, ScoreWorker, collect_candidates, score_rows
 from yume.tasks.scoring import POLICIES, score_histogram_png
+from yume.workdir_lock import locks_workdir
 
 log = logging.getLogger(__name__)
 STAGE = "score_and_filter"
 CONFIG_SECTIONS = ("score_and_filter",)
 SCORING_SECTIONS = ("scorer", "vbench_dimensions", "max_frames", "score_fps", "stage_version")
 
-
-def _shard_key(context, parameters) -> str:
-    return parameters["cache_key"]
 
 
 def _read_cache(path: Path, key: str) -> dict | None:
@@ -53,7 +52,7 @@ def _read_cache(path: Path, key: str) -> dict | None:
     return stored["results"] if stored.get("cache_key") == key else None
 
 
-@task(name="score-shard", cache_key_fn=_shard_key, persist_result=True)
+@task(name="score-shard", persist_result=False, cache_policy=NO_CACHE)  # its completion marker is the record
 def score_shard(shard: str, items: list[dict], cache_dir: str, pool: ActorPool, cache_key: str) -> dict:
     """Raw scores of one shard's videos (id -> result), cached as JSON next to the run."""
     path = Path(cache_dir) / f"{shard}.json"
@@ -72,6 +71,7 @@ def score_shard(shard: str, items: list[dict], cache_dir: str, pool: ActorPool, 
 
 
 @flow(name="score_and_filter")
+@locks_workdir
 def score_and_filter(profile: str = "tiny", workdir: str | None = None, overrides: list[str] | None = None) -> dict:
     """Score, normalise, rank and select; write manifests/scores and the score histograms."""
     started = time.perf_counter()
@@ -100,7 +100,7 @@ def score_and_filter(profile: str = "tiny", workdir: str | None = None, override
         for name, its in shards.items():
             fresh = _read_cache(cache_dir / f"{name}.json", keys[name]) is not None
             hits += fresh
-            task_fn = score_shard.with_options(refresh_cache=not fresh, retries=cfg.prefect.task_retries,
+            task_fn = score_shard.with_options(retries=cfg.prefect.task_retries,
                                                retry_delay_seconds=cfg.prefect.retry_delay_seconds)
             results.update(task_fn(name, its, str(cache_dir), pool, keys[name]))
             progress.advance(bar)

@@ -20,10 +20,12 @@ from collections import Counter
 from pathlib import Path
 
 from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact
 
 from yume.config import load_profile, stage_hash
-from yume.datasets.manifest import file_sha256, read_manifest, read_marker, write_shard
+from yume.datasets.manifest import (PathEscapeError, file_sha256, read_manifest, read_marker, recordable_uri, resolve_uri,
+                                   write_shard)
 from yume.datasets.manifest_kinds import EVENTS
 from yume.flows.reporting import write_metrics
 from yume.flows.stage_utils import quarantine_reasons, remove_stale_shards, run_shards, shard_cache_key, split_shards
@@ -43,17 +45,15 @@ from yume.tasks.synthesize_events import (
     write_contact_sheet,
     write_decisions,
 )
+from yume.workdir_lock import locks_workdir
 
 log = logging.getLogger(__name__)
 STAGE = "synthesize_events"
 CONFIG_SECTIONS = ("synthesize_events",)
 
 
-def _shard_key(context, parameters) -> str:
-    return parameters["cache_key"]
 
-
-@task(name="synthesize-events-shard", cache_key_fn=_shard_key, persist_result=True)
+@task(name="synthesize-events-shard", persist_result=False, cache_policy=NO_CACHE)  # its completion marker is the record
 def synthesize_events_shard(shard: str, items: list[dict], decisions: dict, manifest_dir: str, pool: ActorPool,
                             common: dict, cache_key: str) -> dict:
     """Render one shard's event videos (reusing finished ones), attach decisions, write the shard."""
@@ -67,6 +67,7 @@ def synthesize_events_shard(shard: str, items: list[dict], decisions: dict, mani
 
 
 @flow(name="synthesize_events")
+@locks_workdir
 def synthesize_events(profile: str = "tiny", workdir: str | None = None, overrides: list[str] | None = None) -> dict:
     """Render event videos with Wan I2V on Ray actors, apply reviewers' decisions, write manifests/events."""
     from yume.tasks.tiny_models import model_fingerprint, resolve_model
@@ -88,14 +89,19 @@ def synthesize_events(profile: str = "tiny", workdir: str | None = None, overrid
     sampler = s.sampler.model_dump(mode="json")
     items = []
     for p in prompts:
-        image_path = image_root / p["image"]
+        try:  # the same data-root guard as Sekai rows: an absolute or ../ path quarantines its row, unread
+            image_path, escape = resolve_uri(image_root, p["image"]), None
+        except PathEscapeError as e:
+            image_path, escape = None, f"path_escape: {e}"
         rid = event_item_id(p["image"], p["key"])
-        image_sha = file_sha256(image_path) if image_path.is_file() else "missing"
+        image_sha = file_sha256(image_path) if image_path is not None and image_path.is_file() else "missing"
         seed = item_seed(s.seed, p["key"])
         video_uri = f"events/videos/{rid}.mp4"
         items.append({
             "id": rid, "key": p["key"], "category": p["category"], "prompt": p["event"].strip(),
-            "image_uri": p["image"], "image_path": str(image_path), "seed": seed,
+            "image_uri": recordable_uri(image_root, p["image"]) if escape else p["image"],
+            "image_path": None if image_path is None else str(image_path), "seed": seed,
+            "quarantine": escape,
             "content_hash": content_hash(image_path, p["event"]), "video_uri": video_uri,
             "out_path": str(media / video_uri), "gt_decision": p.get("gt_decision"), "gt_note": p.get("gt_note"),
             "generation_key": generation_key(model_fp, sampler, p["event"].strip(), seed, s.fps, s.crf, image_sha),

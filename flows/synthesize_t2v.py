@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_table_artifact
 
 from yume.config import load_profile, stage_hash
@@ -34,14 +35,12 @@ from yume.tasks.synthesize_t2v import (
     synthetic_row,
     write_tiny_caption_table,
 )
+from yume.workdir_lock import locks_workdir
 
 log = logging.getLogger(__name__)
 STAGE = "synthesize_t2v"
 CONFIG_SECTIONS = ("synthesize_t2v",)
 
-
-def _shard_key(context, parameters) -> str:
-    return parameters["cache_key"]
 
 
 def scheduler_name(model_path: Path) -> str | None:
@@ -49,7 +48,7 @@ def scheduler_name(model_path: Path) -> str | None:
     return json.loads(cfg.read_text()).get("_class_name") if cfg.is_file() else None
 
 
-@task(name="synthesize-t2v-shard", cache_key_fn=_shard_key, persist_result=True)
+@task(name="synthesize-t2v-shard", persist_result=False, cache_policy=NO_CACHE)  # its completion marker is the record
 def synthesize_t2v_shard(shard: str, items: list[dict], manifest_dir: str, pool: ActorPool, common: dict,
                          cache_key: str) -> dict:
     """Render one shard's videos (reusing finished ones) and write the shard atomically."""
@@ -63,6 +62,7 @@ def synthesize_t2v_shard(shard: str, items: list[dict], manifest_dir: str, pool:
 
 
 @flow(name="synthesize_t2v")
+@locks_workdir
 def synthesize_t2v(profile: str = "tiny", workdir: str | None = None, overrides: list[str] | None = None) -> dict:
     """Dedup and sample captions, render them with Wan T2V on Ray actors, write manifests/synthetic."""
     from yume.tasks.dedup import sample_captions

@@ -39,6 +39,7 @@ from yume.tasks.train_foundation import (
     loss_curve,
     prepare_run,
 )
+from yume.workdir_lock import locks_workdir
 
 log = logging.getLogger(__name__)
 STAGE = "train_foundation"
@@ -101,6 +102,7 @@ def _throughput(profile, run: TrainRun, summary: dict) -> dict:
 
 
 @flow(name="train_foundation")
+@locks_workdir
 def train_foundation(profile: str = "tiny", workdir: str | None = None, overrides: list[str] | None = None) -> dict:
     started = time.perf_counter()
     cfg = load_profile(profile, workdir, overrides or [])

@@ -110,6 +110,8 @@ def save_safe(obj: dict, path: str | Path) -> Path:
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     try:
         save_file(tensors, str(tmp), metadata=meta)
+        with open(tmp, "rb+") as fh:  # on disk before the rename: a crash leaves the old file or the whole new one
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -158,3 +160,13 @@ try:
 
 except ImportError:  # pragma: no cover
     SafeCheckpointIO = None  # type: ignore[assignment]
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why ``path`` is not a readable checkpoint of this project (truncated, not safetensors, another format),
+    or None. Reads the header only: safetensors rejects a file its header does not fully cover."""
+    try:
+        read_meta(path)
+    except Exception as e:  # noqa: BLE001 - any failure to read is the answer
+        return f"{type(e).__name__}: {e}"
+    return None

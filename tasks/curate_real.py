@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from yume.config import CurateRealConfig
-from yume.datasets.manifest import PathEscapeError, file_sha256, relative_uri, resolve_uri, row_id
+from yume.datasets.manifest import PathEscapeError, file_sha256, recordable_uri, resolve_uri, row_id
 from yume.datasets.sekai import CameraFileError, SekaiClip, VideoError, load_camera, probe_video
 from yume.tasks.actions import ActionConfig, TrajectoryError, trajectory_to_actions
 
@@ -88,7 +88,7 @@ def curate_clip(
     clip: SekaiClip, root: Path, actions: ActionConfig, settings: CurateRealConfig, config_hash: str
 ) -> list[dict]:
     """Rows for one clip: a row per segment, or one quarantined row saying why there are none."""
-    video_uri = _safe_uri(root, clip.video_file)
+    video_uri = recordable_uri(root, clip.video_file)
     common = {
         "stage": STAGE, "stage_version": settings.stage_version, "config_hash": config_hash,
         "video_uri": video_uri, "camera_uri": clip.camera_file or None, "label_mode": actions.mode,
@@ -110,14 +110,6 @@ def curate_clip(
             "distance": s.distance, "turn_rate_deg": s.turn_rate_deg, "view_rotation_deg": s.view_rotation_deg,
         })
     return rows
-
-
-def _safe_uri(root: Path, uri: str) -> str:
-    """The URI as written if it stays under the root; an escaping one is recorded under a marker prefix."""
-    try:
-        return relative_uri(root, uri)
-    except PathEscapeError:
-        return "escaped/" + uri.replace("..", "__").lstrip("/")
 
 
 def _existing_files(root: Path, uris: list[str | None]) -> list[Path]:

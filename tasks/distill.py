@@ -31,7 +31,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from yume.tasks.train_foundation import StepCheckpoint, _attempt_name, _loggers, _sha, export_final, last_checkpoint
+from yume.tasks.train_foundation import (StepCheckpoint, _attempt_name, _loggers, _sha, check_export, export_final,
+                                         last_checkpoint)
 
 log = logging.getLogger(__name__)
 STAGE = "distill"
@@ -101,6 +102,8 @@ def distill_run_hash(profile, foundation_hash: str) -> str:
 
 def prepare_distill_run(profile) -> DistillRun:
     fpath = foundation_path(profile)
+    check_export(fpath, "foundation", "re-export it (`yume flow train_foundation` writes final/ from its run's last "
+                 "checkpoint without retraining) or set distill.foundation to a good export")
     fh = weights_digest(fpath)
     rh = distill_run_hash(profile, fh)
     run_dir = distill_dir(profile) / "runs" / rh

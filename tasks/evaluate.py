@@ -332,10 +332,26 @@ def promoted_file(profile) -> Path:
 
 
 def read_promoted(profile) -> dict | None:
+    """The promoted generator's record; None when nothing is promoted (or its directory is gone).
+
+    A corrupt record is an error, never "nothing promoted": that would let the next candidate through with no
+    comparison. ``promote`` writes it atomically (fsync + rename), so corruption means a disk fault or a hand edit.
+    """
+    from yume.errors import StateFileError
+
     p = promoted_file(profile)
     if not p.is_file():
         return None
-    rec = json.loads(p.read_text())
+    try:
+        rec = json.loads(p.read_text())
+        if not isinstance(rec, dict):
+            raise ValueError(f"expected a JSON object, found {type(rec).__name__}")
+    except (OSError, ValueError) as e:
+        raise StateFileError(
+            f"promotion record {p} is unreadable ({e}). The promoted generators are kept under "
+            f"{p.parent / 'generators'}: restore the record from a backup, or move it aside to start over with "
+            f"nothing promoted (the next evaluate --promote then promotes its candidate without a comparison)."
+        ) from None
     return rec if rec.get("path") and Path(rec["path"]).exists() else None
 
 

@@ -114,9 +114,11 @@ def sidecar_path(video: Path) -> Path:
 
 
 def generate_missing(items: list[dict], pool) -> tuple[dict[str, dict], int]:
-    """Results per item id: finished videos are reused, the rest are generated on the actor pool.
+    """Results per item id: items the flow already quarantined (``quarantine``: "reason: detail", e.g. a
+    path_escape) keep that result, finished videos are reused, the rest are generated on the actor pool.
     Returns (results, number generated)."""
-    results = {it["id"]: reusable(it) for it in items}
+    results = {it["id"]: ({"status": "quarantined", "error": it["quarantine"]} if it.get("quarantine")
+                          else reusable(it)) for it in items}
     todo = [it for it in items if results[it["id"]] is None]
     results.update(zip([it["id"] for it in todo], pool.map("generate", todo)))
     return results, len(todo)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from yume.datasets.manifest import row_id
+from yume.datasets.manifest import resolve_uri, row_id
 
 STAGE = "synthesize_events"
 DECISIONS = ("accept", "reject")
@@ -156,9 +156,9 @@ def event_item_id(image_uri: str, key: str) -> str:
     return row_id(image_uri, f"event={key}")
 
 
-def content_hash(image_path: Path, text: str) -> str:
+def content_hash(image_path: Path | None, text: str) -> str:
     h = hashlib.sha256()
-    if Path(image_path).is_file():
+    if image_path is not None and Path(image_path).is_file():
         h.update(Path(image_path).read_bytes())
     h.update(text.encode())
     return h.hexdigest()
@@ -200,9 +200,15 @@ def read_decisions(path: Path, known_ids: set[str]) -> tuple[dict[str, dict], li
             with open(path, newline="", encoding="utf-8") as f:
                 records = list(csv.DictReader(f))
     except (OSError, ValueError) as e:
-        raise ConfigError(f"synthesize_events.decisions: cannot read {path}: {e}") from None
+        raise ConfigError(
+            f"synthesize_events.decisions: cannot read {path}: {e}. Fix the file (a list of objects with video_id "
+            f"and decision), or move it aside: every video is then pending review and its template is rewritten."
+        ) from None
     decisions, problems = {}, []
     for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            problems.append({"row": i, "video_id": "", "problem": f"not an object: {str(rec)[:40]!r}"})
+            continue
         vid = str(rec.get("video_id") or "").strip()
         decision = str(rec.get("decision") or "").strip().lower()
         if not vid or vid not in known_ids:
@@ -276,8 +282,8 @@ def write_contact_sheet(path: Path, rows: list[dict], media_root: Path, image_ro
             thumbs += f'<br><video src="{html.escape(rel)}" controls loop muted width="240"></video>'
         else:
             thumbs = f"<b>generation failed:</b> {html.escape(r.get('error') or '')}"
-        try:
-            img = cv2.cvtColor(cv2.imread(str(Path(image_root) / r["image_uri"])), cv2.COLOR_BGR2RGB)
+        try:  # resolve_uri: a row quarantined for path_escape never has its outside file read into the sheet
+            img = cv2.cvtColor(cv2.imread(str(resolve_uri(image_root, r["image_uri"]))), cv2.COLOR_BGR2RGB)
             src = _thumbnail(img, thumbs_dir / f"{r['id']}_image.jpg")
             image = f'<img src="{src}" title="conditioning image">'
         except Exception:  # noqa: BLE001

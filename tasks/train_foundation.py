@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -90,15 +91,44 @@ def read_train_rows(manifest_dir: Path):
     return df[df.status == "ok"].reset_index(drop=True)
 
 
+STEP_FILE = re.compile(r"step-\d{7}\.safetensors")
+
+
 def last_checkpoint(ckpt_dir: Path) -> Path | None:
-    pointer = Path(ckpt_dir) / "last.json"
-    if not pointer.is_file():
-        return None
-    try:
-        path = Path(ckpt_dir) / json.loads(pointer.read_text())["file"]
-    except (OSError, json.JSONDecodeError, KeyError):
-        return None
-    return path if path.is_file() else None
+    """The checkpoint to resume from: the one ``last.json`` names, else the newest step file that reads.
+
+    A pointer naming anything but a step file of this directory (``../x``: path_escape) is ignored, and a
+    truncated or unreadable checkpoint is skipped for the one before it (``StepCheckpoint`` keeps two), each
+    with a warning. None when no readable checkpoint exists (training starts from step 0).
+    """
+    from yume.models.checkpoint import checkpoint_problem
+
+    ckpt_dir = Path(ckpt_dir)
+    candidates = []
+    pointer = ckpt_dir / "last.json"
+    if pointer.is_file():
+        try:
+            name = str(json.loads(pointer.read_text())["file"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("%s is unreadable (%s): resuming from the newest readable step file", pointer, e)
+            name = None
+        if name is not None and not STEP_FILE.fullmatch(name):
+            log.warning("%s names %r, which is not a step checkpoint of %s (path_escape): ignored", pointer, name,
+                        ckpt_dir)
+            name = None
+        if name is not None:
+            candidates.append(ckpt_dir / name)
+    candidates += sorted((p for p in ckpt_dir.glob("step-*.safetensors") if STEP_FILE.fullmatch(p.name)), reverse=True)
+    tried = set()
+    for path in candidates:
+        if path in tried or not path.is_file():
+            continue
+        tried.add(path)
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        log.warning("checkpoint %s is unreadable (%s): trying the one before it", path, problem)
+    return None
 
 
 def prepare_run(profile, text_encoder_id: str | None = None) -> TrainRun:
@@ -415,7 +445,10 @@ def export_final(checkpoint: str | Path, out_dir: str | Path, sampler: dict | No
     if tmp.exists():
         shutil.rmtree(tmp)
     model.save_pretrained(tmp)
-    record = {**meta, "source_checkpoint": str(checkpoint)}
+    from yume.datasets.manifest import file_sha256
+
+    record = {**meta, "source_checkpoint": str(checkpoint),
+              "weights_sha256": {f.name: file_sha256(f) for f in sorted(tmp.glob("*.safetensors"))}}
     if sampler is not None:
         record["sampler"] = {k: sampler[k] for k in ("schedule", "steps", "shift", "guidance", "renoise_timesteps")
                              if k in sampler}
@@ -424,6 +457,42 @@ def export_final(checkpoint: str | Path, out_dir: str | Path, sampler: dict | No
         shutil.rmtree(out)
     tmp.replace(out)
     return out
+
+
+def check_export(path: str | Path, role: str, remedy: str) -> None:
+    """Refuse an unreadable export (``final/``) or training checkpoint before any work starts on it: its record
+    must parse, and each weight file must be whole (safetensors header) and match the sha256 recorded at export.
+    ``role`` names it in the message ("foundation"), ``remedy`` says what to do."""
+    from safetensors import safe_open
+
+    from yume.datasets.manifest import file_sha256
+    from yume.errors import StateFileError
+    from yume.models.checkpoint import checkpoint_problem
+
+    p = Path(path)
+    if not p.is_dir():
+        problem = checkpoint_problem(p)
+        if problem:
+            raise StateFileError(f"{role} checkpoint {p} is unreadable ({problem}): {remedy}")
+        return
+    record_file = p / "yume_model.json"
+    try:
+        record = json.loads(record_file.read_text())
+        record["model_config"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StateFileError(f"{role} record {record_file} is unreadable ({type(e).__name__}: {e}): {remedy}") from None
+    weights = sorted(p.glob("*.safetensors"))
+    if not weights:
+        raise StateFileError(f"{role} {p} holds no .safetensors weights: {remedy}")
+    recorded = record.get("weights_sha256") or {}
+    for w in weights:
+        try:
+            with safe_open(str(w), framework="pt"):
+                pass
+        except Exception as e:  # noqa: BLE001
+            raise StateFileError(f"{role} weights {w} are unreadable (truncated or corrupt: {e}): {remedy}") from None
+        if w.name in recorded and file_sha256(w) != recorded[w.name]:
+            raise StateFileError(f"{role} weights {w} do not match the sha256 recorded at export: {remedy}")
 
 
 # ------------------------------------------------------------------------------------------ reporting

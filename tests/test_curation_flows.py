@@ -33,6 +33,18 @@ def work(tmp_path_factory, prefect_harness, ray_local):
     return work, out
 
 
+@pytest.fixture()
+def own_work(work, tmp_path):
+    """A private copy of the module's work directory, for a test that changes inputs (a broken video, revised
+    decisions): the other tests see the module's directory as the fixture left it, in any order."""
+    import shutil
+
+    src, out = work
+    copy = tmp_path / "work"
+    shutil.copytree(src, copy, symlinks=True)
+    return copy, out
+
+
 def _real_ok(work):
     real = read_manifest(work / "manifests" / "real").to_pandas()
     return real[real.status == "ok"]
@@ -96,11 +108,11 @@ def test_synthesize_t2v(work):
     assert {p.name: p.read_bytes() for p in manifest.glob("part-*.parquet")} == before
 
 
-def test_synthesize_events_screening(work):
+def test_synthesize_events_screening(own_work):
     from yume.flows.synthesize_events import synthesize_events
     from yume.tasks.synthesize_events import read_decisions, write_decisions
 
-    work, out = work
+    work, out = own_work
     first = out["synthesize_events"]
     manifest = work / "manifests" / "events"
     assert validate_manifest(manifest) == []
@@ -131,11 +143,11 @@ def test_synthesize_events_screening(work):
     assert list(template.video_id) == [withdrawn]
 
 
-def test_score_and_filter(work):
+def test_score_and_filter(own_work):
     from yume.flows.score_and_filter import score_and_filter
     from yume.tasks.score_and_filter import training_candidates
 
-    work, _ = work
+    work, _ = own_work
     synthetic = read_manifest(work / "manifests" / "synthetic").to_pandas()
     broken = work / "data" / synthetic.video_uri.iloc[0]
     broken.write_bytes(broken.read_bytes()[:200])  # a video that no longer decodes
@@ -167,3 +179,33 @@ def test_score_and_filter(work):
     assert {"real", "synthetic", "events"} == set(mixture.upstream_kind)  # the mixture sees every source
     assert mixture[mixture.upstream_kind == "events"].image_uri.notna().all()
     assert mixture[mixture.upstream_kind == "synthetic"].t2v_text.notna().all()
+
+
+def test_event_images_outside_the_table_root_quarantine_their_rows(work, tmp_path):
+    """An absolute or ../ image path in the prompts table quarantines that row as path_escape (the reason
+    curate_real gives Sekai rows); the file outside is never read and the rest of the shard renders."""
+    import shutil
+
+    from yume.flows.synthesize_events import synthesize_events
+
+    src, _ = work
+    procedural = pd.read_csv(src / "data" / "events" / "prompts.csv").iloc[0]
+    table = tmp_path / "tables" / "prompts.csv"
+    table.parent.mkdir()
+    shutil.copy(src / "data" / "events" / procedural.image, table.parent / "good.png")
+    outside = tmp_path / "outside.png"  # readable, so only the guard keeps it out
+    shutil.copy(table.parent / "good.png", outside)
+    pd.DataFrame([{"key": "good", "image": "good.png", "category": procedural.category, "event": procedural.event},
+                  {"key": "absolute", "image": str(outside), "category": procedural.category, "event": "x"},
+                  {"key": "dotdot", "image": "../outside.png", "category": procedural.category, "event": "y"}]
+                 ).to_csv(table, index=False)
+    out = synthesize_events(profile="tiny", workdir=str(tmp_path / "work"),
+                            overrides=SMALL + [f"synthesize_events.prompts_table={table}"])
+    rows = read_manifest(tmp_path / "work" / "manifests" / "events").to_pandas().set_index("item_key")
+    assert rows.loc["good", "status"] == "ok"
+    for key in ("absolute", "dotdot"):
+        assert rows.loc[key, "status"] == "quarantined"
+        assert rows.loc[key, "error"].startswith("path_escape: ") and "the data root" in rows.loc[key, "error"]
+    assert out["generated"] == 1
+    thumbs = {p.name for p in (tmp_path / "work" / "review" / "events" / "thumbs").glob("*_image.jpg")}
+    assert thumbs == {f"{rows.loc['good', 'id']}_image.jpg"}

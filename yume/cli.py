@@ -20,6 +20,10 @@ PREFECT_DEFAULTS = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 
+# Another run holds the work directory: sysexits' EX_TEMPFAIL, "try again later" (a scheduler can tell it apart).
+EXIT_WORKDIR_BUSY = 75
+
+
 def apply_prefect_defaults() -> None:
     for key, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -32,30 +36,44 @@ def _add_profile_args(p: argparse.ArgumentParser) -> None:
                    help="override one config value, e.g. --set actions.mode=yume (repeatable)")
 
 
+def _add_wait_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", action="store_true",
+                   help="if another run holds the work directory, wait for it instead of refusing")
+
+
+def run_holding_workdir(args: argparse.Namespace, run) -> int:
+    """Take the work directory's lock before Prefect starts (a busy workdir is refused in a second, not after the
+    API server's start-up), then run ``run(overrides)`` and print its JSON summary. The flows take the same lock
+    again (reentrant), which is what guards a run started by a deployment."""
+    from yume.config import load_profile
+    from yume.workdir_lock import hold_workdir
+
+    overrides = list(args.overrides) + (["lock.wait=true"] if args.wait else [])
+    cfg = load_profile(args.profile, args.workdir, overrides)
+    with hold_workdir(cfg.workdir_path, cfg.lock):
+        result = run(overrides)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from yume.flows.retrain import retrain
 
-    summary = retrain(profile=args.profile, workdir=args.workdir, overrides=args.overrides)
-    print(json.dumps(summary, indent=1))
-    return 0
+    return run_holding_workdir(args, lambda o: retrain(profile=args.profile, workdir=args.workdir, overrides=o))
 
 
 def cmd_flow(args: argparse.Namespace) -> int:
     from yume.flows import STAGE_FLOWS
 
     flow_fn = STAGE_FLOWS[args.stage]
-    result = flow_fn(profile=args.profile, workdir=args.workdir, overrides=args.overrides)
-    print(json.dumps(result, indent=1))
-    return 0
+    return run_holding_workdir(args, lambda o: flow_fn(profile=args.profile, workdir=args.workdir, overrides=o))
 
 
 def cmd_pretrain_base(args: argparse.Namespace) -> int:
     from yume.flows.pretrain_base import pretrain_base
 
-    result = pretrain_base(profile=args.profile, workdir=args.workdir, overrides=args.overrides,
-                           export_only=args.export_only)
-    print(json.dumps(result, indent=1))
-    return 0
+    return run_holding_workdir(args, lambda o: pretrain_base(profile=args.profile, workdir=args.workdir, overrides=o,
+                                                             export_only=args.export_only))
 
 
 def cmd_render_worlds(args: argparse.Namespace) -> int:
@@ -205,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the whole DAG (tiny profile by default)")
     _add_profile_args(p)
+    _add_wait_arg(p)
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("flow", help="run one stage flow")
@@ -212,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("stage", choices=STAGE_NAMES)
     _add_profile_args(p)
+    _add_wait_arg(p)
     p.set_defaults(fn=cmd_flow)
 
     p = sub.add_parser("pretrain-base", help="pretrain the tiny base train_foundation fine-tunes (run once; ships)",
@@ -219,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "worlds, no action sentences), export it in diffusers format to pretrain_base.out with a model "
                        "card and learning curve. Resumes from its last checkpoint.")
     _add_profile_args(p)
+    _add_wait_arg(p)
     p.add_argument("--export-only", action="store_true",
                    help="do not train: export the newest checkpoint with its card (a run in progress)")
     p.set_defaults(fn=cmd_pretrain_base)
@@ -287,12 +308,20 @@ def main(argv: list[str] | None = None) -> int:
     from yume.datasets.manifest import ManifestError
     from yume.datasets.sekai import SekaiError
     from yume.tasks.actions import TrajectoryError
+    from yume.errors import StateFileError
+    from yume.workdir_lock import WorkdirLockedError
 
     try:
         return args.fn(args)
     except (ConfigError, TrajectoryError, ManifestError, SekaiError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except StateFileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except WorkdirLockedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_WORKDIR_BUSY
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ A profile is a YAML file: the embedded ones live in ``yume/profiles/`` (``tiny``
 ``yume15``, the paper's settings); any other path works too. Unknown keys and bad values are rejected
 with a message naming the key. ``--set a.b=value`` overrides single values (parsed as YAML).
 
-Hashes: ``config_hash`` covers the whole resolved profile except the work directory (so moving a run
-does not change it); ``stage_hash`` covers only the sections a stage reads, so a change to training
+Hashes: ``config_hash`` covers the whole resolved profile except the work directory and the lock settings (so moving a run
+or waiting for it does not change it); ``stage_hash`` covers only the sections a stage reads, so a change to training
 settings does not invalidate curation. Both go into every manifest row and the run's records.
 """
 
@@ -24,6 +24,7 @@ from yume.models.config import MODEL_CONFIGS, ModelConfig
 from yume.models.train_config import PretrainBaseConfig, SamplerConfig, TrainConfig, TrainingSetConfig
 from yume.models.distill_config import DistillConfig
 from yume.tasks.actions import ActionConfig
+from yume.workdir_lock import LockConfig
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 
@@ -247,6 +248,8 @@ class Profile(StrictModel):
     pretrain_base: PretrainBaseConfig | None = None
     # Distillation (issue 5): the 4-step generator; `distill.evaluate` configures the evaluate stage.
     distill: DistillConfig = DistillConfig()
+    # One writer per work directory (yume/workdir_lock.py); run control, so outside the profile's hash.
+    lock: LockConfig = LockConfig()
 
     @property
     def workdir_path(self) -> Path:
@@ -270,7 +273,7 @@ def _canonical(obj: Any) -> str:
 
 
 def config_hash(profile: Profile) -> str:
-    return hashlib.sha256(_canonical(profile.model_dump(mode="json", exclude={"workdir"})).encode()).hexdigest()[:16]
+    return hashlib.sha256(_canonical(profile.model_dump(mode="json", exclude={"workdir", "lock"})).encode()).hexdigest()[:16]
 
 
 def stage_hash(profile: Profile, *sections: str) -> str:
