@@ -18,8 +18,10 @@ Choices:
   (default ~/.cache/torch); vbench's own loaders would wget/git-clone a missing file, so every path is
   checked first and a missing one raises `VBenchWeightsMissing` listing the expected paths. Nothing is
   ever downloaded.
-- AMT's checkpoint is loaded with `weights_only=False` (vbench 0.1.5's `torch.load` fails under
-  torch>=2.6's weights-only default); it is a local file from the cache dir, trusted like the others.
+- No pickle at scoring time. AMT's published checkpoint (amt-s.pth) is a full pickle that torch>=2.6's
+  weights-only loader refuses, so it is converted once to ``amt-s.safetensors`` next to it
+  (``python scripts/convert_amt_checkpoint.py``, `convert_amt_checkpoint`): the converter tries the weights-only
+  loader first and unpickles only with an explicit ``--trust-pickle``. The scorer reads the safetensors file.
 - Raw scores are vbench's per-video values: imaging quality stays on MUSIQ's 0-100 scale (the
   `VBENCH_POLICY_V1` divides by 100), aesthetic is the LAION score /10, dynamic degree is 0.0 or 1.0.
 
@@ -99,7 +101,7 @@ def expected_weight_paths(dimensions=VBENCH_DIMENSIONS) -> dict[str, list[Path]]
             c / "aesthetic_model" / "emb_reader" / "sa_0_4_vit_l_14_linear.pth",
         ],
         "imaging_quality": [c / "pyiqa_model" / "musiq_spaq_ckpt-358bb6af.pth"],
-        "motion_smoothness": [c / "amt_model" / "amt-s.pth"],
+        "motion_smoothness": [c / "amt_model" / AMT_SAFETENSORS],
         "dynamic_degree": [c / "raft_model" / "models" / "raft-things.pth"],
     }
     return {d: paths[d] for d in dimensions}
@@ -121,7 +123,9 @@ def check_weights(dimensions=VBENCH_DIMENSIONS) -> None:
     """Raise VBenchWeightsMissing listing every missing file (so nothing triggers a download)."""
     missing = [(d, p) for d, ps in expected_weight_paths(dimensions).items() for p in ps if not p.is_file()]
     if missing:
-        lines = "\n".join(f"  {d}: {p}" for d, p in missing)
+        lines = "\n".join(f"  {d}: {p}" + (f" (convert {p.with_name(AMT_PTH)} once: python "
+                                           f"scripts/convert_amt_checkpoint.py)" if p.name == AMT_SAFETENSORS else "")
+                          for d, p in missing)
         raise VBenchWeightsMissing(
             f"VBench weights missing (VBENCH_CACHE_DIR={cache_dir()}, TORCH_HOME={torch_home()}):\n{lines}\n"
             "Copy them there from a machine with internet access; this scorer never downloads."
@@ -169,13 +173,51 @@ def build_amt_s():
     return build_from_cfg(OmegaConf.load(cfg).network)
 
 
-def load_amt(device: str):
+AMT_PTH, AMT_SAFETENSORS = "amt-s.pth", "amt-s.safetensors"
+
+
+def convert_amt_checkpoint(src: str | Path, dst: str | Path | None = None, trust_pickle: bool = False) -> Path:
+    """AMT's ``.pth`` -> its ``state_dict`` as safetensors (``dst`` defaults to ``amt-s.safetensors`` beside it).
+
+    Loads with torch's weights-only unpickler; a checkpoint that needs more (the published one stores
+    non-tensor training state) is refused, naming what it holds, unless ``trust_pickle``: then it is unpickled
+    once, here, and never again. The source's sha256 is recorded in the output's metadata.
+    """
+    import pickle
+
     import torch
+    from safetensors.torch import save_file
+
+    from yume.datasets.manifest import file_sha256
+
+    src = Path(src)
+    dst = Path(dst) if dst else src.with_name(AMT_SAFETENSORS)
+    try:
+        ckpt = torch.load(src, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not trust_pickle:
+            first = str(e).strip().splitlines()[0]
+            raise VBenchWeightsMissing(
+                f"{src} is not loadable weights-only ({first}). If it is the AMT-S checkpoint you meant to "
+                f"install, convert it with --trust-pickle (it is unpickled once, by this converter)."
+            ) from None
+        ckpt = torch.load(src, map_location="cpu", weights_only=False)
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"{src}: expected a dict of tensors under 'state_dict'")
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
+              metadata={"source": src.name, "source_sha256": file_sha256(src)})
+    tmp.replace(dst)
+    return dst
+
+
+def load_amt(device: str):
+    from safetensors.torch import load_file
 
     model = build_amt_s()
     ckpt_path = expected_weight_paths(["motion_smoothness"])["motion_smoothness"][0]
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # see module docstring
-    model.load_state_dict(ckpt["state_dict"])
+    model.load_state_dict(load_file(str(ckpt_path)))  # converted once by convert_amt_checkpoint: no pickle
     return model.to(device).eval()
 
 

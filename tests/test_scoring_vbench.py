@@ -165,7 +165,7 @@ def test_missing_weights_listed_never_downloaded(tmp_path, monkeypatch):
         sv.VBenchScorer(device="cpu")
     msg = str(err.value)
     for name in ("dino_vitbase16_pretrain.pth", "hubconf.py", "ViT-B-32.pt", "ViT-L-14.pt",
-                 "sa_0_4_vit_l_14_linear.pth", "musiq_spaq_ckpt-358bb6af.pth", "amt-s.pth", "raft-things.pth"):
+                 "sa_0_4_vit_l_14_linear.pth", "musiq_spaq_ckpt-358bb6af.pth", "amt-s.safetensors", "raft-things.pth"):
         assert name in msg
     assert not (tmp_path / "vb").exists() and not (tmp_path / "th").exists()  # nothing fetched or created
 
