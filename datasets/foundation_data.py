@@ -400,14 +400,24 @@ class FoundationDataset(torch.utils.data.Dataset):
 
 
 class StepSampler(torch.utils.data.Sampler):
-    """Global indices of this rank for steps ``start_step .. start_step + num_steps - 1``."""
+    """Global indices of this rank for steps ``start .. start_step + num_steps - 1``.
 
-    def __init__(self, start_step: int, num_steps: int, batch_size: int, world_size: int = 1, rank: int = 0):
+    ``start`` is ``current_step()`` when given (the trainer's step, read each time iteration begins), else
+    ``start_step``. Why: a run resumed mid-epoch from a loader that is not resumable has its epoch cut short by
+    Lightning's restored batch count, and the next epoch iterates the sampler again. Reading the step then
+    continues where training is; a fixed start replayed the steps since the resume point (a resumed run then
+    diverged from an uninterrupted one).
+    """
+
+    def __init__(self, start_step: int, num_steps: int, batch_size: int, world_size: int = 1, rank: int = 0,
+                 current_step=None):
         self.start_step, self.num_steps = int(start_step), int(num_steps)
         self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
+        self.current_step = current_step
 
     def __iter__(self):
-        for step in range(self.start_step, self.start_step + self.num_steps):
+        start = self.start_step if self.current_step is None else int(self.current_step())
+        for step in range(start, self.start_step + self.num_steps):
             base = (step * self.world_size + self.rank) * self.batch_size
             yield from range(base, base + self.batch_size)
 
@@ -465,7 +475,9 @@ class FoundationDataModule(_Base):
             log.warning("datamodule state says step %s, trainer says %s: following the trainer",
                         self.restored.get("next_step"), start)
         ds = FoundationDataset(self.rows, self.settings, self.roots, self.cache_root, self.text, world, self.text_dim)
-        self.sampler = StepSampler(start, max(self.max_steps - start, 1), self.settings.batch_size, world, rank)
+        current = (lambda: int(trainer.global_step)) if trainer is not None else None
+        self.sampler = StepSampler(start, max(self.max_steps - start, 1), self.settings.batch_size, world, rank,
+                                   current_step=current)
         return torch.utils.data.DataLoader(
             ds, batch_size=self.settings.batch_size, sampler=self.sampler, collate_fn=collate,
             num_workers=self.num_workers, worker_init_fn=_worker_init if self.num_workers else None,

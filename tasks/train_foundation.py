@@ -209,6 +209,14 @@ class StepCheckpoint(_callback_base()):
         self.dirpath, self.every, self.keep, self.ray_report = Path(dirpath), int(every), int(keep), ray_report
         self.saved: list[int] = []
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        """Remove what a run killed mid-write left (a half-written ``.tmp-step-*``, a ``.last.json.<pid>``): the
+        files are written beside their names and renamed when whole, so these are never anything's only copy."""
+        if trainer.is_global_zero and self.dirpath.is_dir():
+            for leftover in [*self.dirpath.glob(".tmp-step-*"), *self.dirpath.glob(".last.json.*")]:
+                log.info("removing %s, left by a run killed mid-write", leftover)
+                leftover.unlink(missing_ok=True)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = int(trainer.global_step)
         if step and step % self.every == 0:

@@ -320,22 +320,37 @@ def test_resume_refuses_a_checkpoint_of_other_data(trainset, tmp_path):
 KILLER = textwrap.dedent("""
     import os, signal, sys
     import lightning as L
+    import safetensors.torch
     from yume.config import load_profile
     from yume.tasks.train_foundation import fit_local, prepare_run
 
-    class KillAt(L.Callback):
+    mode, step = sys.argv[2], int(sys.argv[3])
+
+    class KillAfterStep(L.Callback):
         def on_train_batch_end(self, trainer, *a):
-            if trainer.global_step == int(sys.argv[2]):
+            if mode == "after_step" and trainer.global_step == step:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    run = prepare_run(load_profile("tiny", sys.argv[1], sys.argv[3:]))
-    fit_local(run, extra_callbacks=[KillAt()])
+    real_save = safetensors.torch.save_file
+
+    def dying_save(tensors, filename, metadata=None):
+        real_save(tensors, filename, metadata)
+        if mode == "mid_write" and os.path.basename(filename).startswith(f".tmp-step-{step:07d}"):
+            data = open(filename, "rb").read()
+            open(filename, "wb").write(data[: len(data) // 2])  # the disk holds half of it
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    safetensors.torch.save_file = dying_save
+    run = prepare_run(load_profile("tiny", sys.argv[1], sys.argv[4:]))
+    fit_local(run, extra_callbacks=[KillAfterStep()])
 """)
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_weights(trainset, tmp_path):
-    """SIGKILL after step 5 (last checkpoint: step 4), restart: the final weights equal an uninterrupted run's."""
+@pytest.mark.parametrize("mode, step, resumes_at", [("after_step", 5, 4), ("after_step", 3, 2), ("mid_write", 4, 2)])
+def test_killed_run_resumes_to_the_same_weights(trainset, tmp_path, mode, step, resumes_at):
+    """SIGKILL after step 5 (last checkpoint: step 4), or in the middle of writing step 4's checkpoint (half of
+    it on disk, last checkpoint step 2); restart: the final weights equal an uninterrupted run's."""
     from yume.tasks.train_foundation import fit_local, prepare_run
 
     straight = _copy_trainset(trainset[0], tmp_path / "straight")
@@ -344,13 +359,16 @@ def test_killed_run_resumes_to_the_same_weights(trainset, tmp_path):
     fit_local(ref)
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
-    proc = subprocess.run([sys.executable, str(script), str(killed), "5", *SMALL], capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run([sys.executable, str(script), str(killed), mode, str(step), *SMALL], capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     resumed = prepare_run(_profile(killed))
-    assert resumed.resume_from and resumed.resume_from.endswith("step-0000004.safetensors")
+    if mode == "mid_write":
+        assert list(resumed.ckpt_dir.glob(".tmp-step-0000004*"))  # the half-written file is really there
+    assert resumed.resume_from and resumed.resume_from.endswith(f"step-{resumes_at:07d}.safetensors")
     summary = fit_local(resumed)
     assert summary["global_step"] == 6
+    assert not list(resumed.ckpt_dir.glob(".tmp-*"))  # the leftover was cleaned up
     a, b = _final_weights(ref), _final_weights(resumed)
     assert a.keys() == b.keys()
     for k in a:
