@@ -211,6 +211,44 @@ def test_resume_continues_to_the_same_weights(foundation, tmp_path):
         assert torch.allclose(a[k], b[k], atol=1e-6), k
 
 
+DISTILL_KILLER = """
+import os, signal, sys
+import lightning as L
+from yume.config import load_profile
+from yume.tasks.distill import fit_local, prepare_distill_run
+
+class KillAt(L.Callback):
+    def on_train_batch_end(self, trainer, module, *a):
+        if int(module.iteration) == int(sys.argv[2]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+fit_local(prepare_distill_run(load_profile("tiny", sys.argv[1], sys.argv[3:])), extra_callbacks=[KillAt()])
+"""
+
+
+def test_sigkilled_distillation_resumes_to_the_same_weights(foundation, tmp_path):
+    """SIGKILL after iteration 4 (last checkpoint: 3), run again: the weights equal an uninterrupted run's."""
+    import signal
+    import subprocess
+    import sys
+
+    from yume.tasks.distill import fit_local, prepare_distill_run, state_dict_of
+
+    straight = prepare_distill_run(_profile(tmp_path / "a", foundation))
+    fit_local(straight)
+    overrides = BASE + [f"distill.foundation={foundation}"]
+    proc = subprocess.run([sys.executable, "-c", DISTILL_KILLER, str(tmp_path / "b"), "4", *overrides],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    again = prepare_distill_run(_profile(tmp_path / "b", foundation))
+    assert again.resume_from.endswith("step-0000003.safetensors")
+    assert fit_local(again)["iterations"] == 6
+    a, b = state_dict_of(straight), state_dict_of(again)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
 @pytest.mark.slow
 def test_ray_train_two_cpu_workers(foundation, tmp_path):
     import ray

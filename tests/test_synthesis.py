@@ -163,3 +163,62 @@ def test_caption_table_invalid_rows_and_columns(tmp_path):
     assert keys == ["a.mp4"] and [r["reason"] for r in invalid] == ["caption_empty", "duplicate_key"]
     with pytest.raises(ConfigError, match="caption_table"):
         read_caption_table(path, "clip_id", "caption")
+
+
+T2V_KILLER = """
+import json, os, signal, sys
+from pathlib import Path
+import yume.tasks.synthesis as synthesis
+
+model, items, mode = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+victim = Path(items[-1]["out_path"])
+real_write = synthesis._atomic_write
+
+def dying_write(path, data):
+    path = Path(path)
+    if mode == "mid_video" and path == victim:  # half the mp4 reaches the disk, then the process dies
+        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+        tmp.write_bytes(data[: len(data) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_write(path, data)
+    if mode == "before_sidecar" and path == victim:  # the new mp4 is in place, its sidecar is the old one
+        os.kill(os.getpid(), signal.SIGKILL)
+
+synthesis._atomic_write = dying_write
+sampler = json.loads(sys.argv[4])
+synthesis.WanWorker("t2v", model, sampler, fps=16).generate(items)
+"""
+
+
+@pytest.mark.parametrize("mode", ["mid_video", "before_sidecar"])
+def test_a_video_killed_mid_write_is_redone_not_reused(t2v, tiny_models, tmp_path, mode):
+    """SIGKILL while the second video of a re-render is written (settings changed, so the old mp4 and sidecar
+    are stale): the rerun regenerates it and reuses the finished first one."""
+    import signal
+    import subprocess
+    import sys
+
+    from yume.tasks.synthesis import generate_missing, sidecar_path
+
+    old = _items(tmp_path, ["rain on a city street", "fog over a lake"])
+    t2v.generate(old)  # the previous settings' videos and sidecars
+    items = [{**it, "generation_key": it["generation_key"] + "-v2"} for it in old]  # new settings
+    t2v.generate(items[:1])
+    proc = subprocess.run([sys.executable, "-c", T2V_KILLER, str(tiny_models["wan2.1-t2v"]), json.dumps(items), mode,
+                           json.dumps(SAMPLER)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    victim = items[1]
+    stale = json.loads(sidecar_path(victim["out_path"]).read_text())
+    assert stale["generation_key"] == old[1]["generation_key"]  # the sidecar on disk is the old one
+    assert reusable(victim) is None and reusable(items[0]) is not None
+
+    class LocalPool:
+        def map(self, method, todo):
+            return getattr(t2v, method)(todo)
+
+    results, generated = generate_missing(items, LocalPool())
+    assert generated == 1 and results[victim["id"]]["status"] == "ok"
+    side = json.loads(sidecar_path(victim["out_path"]).read_text())
+    assert side["generation_key"] == victim["generation_key"]
+    assert side["video_sha256"] == hashlib.sha256(open(victim["out_path"], "rb").read()).hexdigest()
+    assert probe_video(victim["out_path"])[0] == 9
