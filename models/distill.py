@@ -231,6 +231,7 @@ class DistillModule(L.LightningModule):
         self.levels = few_step_levels(self.cfg.timesteps, self.cfg.shift)
         self._starts: StartPool | None = None
         self._t_last = None
+        self.exit_steps_taken: list[int] = []  # this process's generator iterations (not checkpointed)
 
     # ------------------------------------------------------------------------------------ helpers
 
@@ -349,6 +350,7 @@ class DistillModule(L.LightningModule):
                 self.clip_gradients(opt_g, gradient_clip_val=self.cfg.grad_clip, gradient_clip_algorithm="norm")
             opt_g.step()
             self.generator_updates += 1
+            self.exit_steps_taken.append(int(info["exit_step"]))  # checked equal across ranks after fit
             self.update_ema()
             self.log("distill/generator_loss", loss_g.float(), batch_size=b)
             self.log("distill/exit_step", float(info["exit_step"]), batch_size=b)

@@ -270,7 +270,7 @@ def fit_local(run: DistillRun, max_steps: int | None = None, max_seconds: float 
     return _finish(run, trainer, module, time.perf_counter() - started, attempt)
 
 
-def _finish(run: DistillRun, trainer, module, seconds: float, attempt: str) -> dict:
+def _finish(run: DistillRun, trainer, module, seconds: float, attempt: str, extra: dict | None = None) -> dict:
     last = last_checkpoint(run.ckpt_dir)
     done = Path(run.run_dir) / "done.json"
     before = 0.0
@@ -281,7 +281,8 @@ def _finish(run: DistillRun, trainer, module, seconds: float, attempt: str) -> d
                "critic_updates": int(module.critic_updates), "fit_seconds": round(seconds, 2),
                "train_seconds": round(before + seconds, 2), "checkpoint": str(last) if last else None,
                "resumed_from": run.resume_from, "attempt": attempt,
-               "stopped_by": "max_steps" if it >= run.load_profile().distill.max_steps else "time_budget"}
+               "stopped_by": "max_steps" if it >= run.load_profile().distill.max_steps else "time_budget",
+               **(extra or {})}
     if trainer.is_global_zero:
         done.write_text(json.dumps(summary, indent=1))
     return summary
@@ -321,7 +322,11 @@ def _ray_distill_loop(config: dict) -> None:
         resume = str(local)
     started = time.perf_counter()
     trainer.fit(module, ckpt_path=resume)
-    summary = _finish(run, trainer, module, time.perf_counter() - started, config["attempt"])
+    from yume.models.rank_agreement import gather_and_check, state_digest
+
+    extra = {"rank_exit_steps": gather_and_check(list(module.exit_steps_taken), "the exit steps"),
+             "rank_state_digests": gather_and_check(state_digest(module), "the trained state")}
+    summary = _finish(run, trainer, module, time.perf_counter() - started, config["attempt"], extra)
     ray.train.report({"done": 1.0, "iteration": summary["iterations"]}, checkpoint=None)
 
 

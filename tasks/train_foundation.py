@@ -328,7 +328,8 @@ def fit_local(run: TrainRun, max_steps: int | None = None, max_seconds: float | 
     return _finish(run, trainer, time.perf_counter() - started, ckpt_cb, attempt)
 
 
-def _finish(run: TrainRun, trainer, seconds: float, ckpt_cb: StepCheckpoint, attempt: str) -> dict:
+def _finish(run: TrainRun, trainer, seconds: float, ckpt_cb: StepCheckpoint, attempt: str,
+            extra: dict | None = None) -> dict:
     last = last_checkpoint(run.ckpt_dir)
     done = Path(run.run_dir) / "done.json"
     before = 0.0
@@ -337,7 +338,7 @@ def _finish(run: TrainRun, trainer, seconds: float, ckpt_cb: StepCheckpoint, att
     summary = {"global_step": int(trainer.global_step), "fit_seconds": round(seconds, 2),
                "train_seconds": round(before + seconds, 2),
                "checkpoint": str(last) if last else None, "resumed_from": run.resume_from, "attempt": attempt,
-               "stopped_by": "max_steps" if trainer.global_step >= trainer.max_steps else "time_budget"}
+               "stopped_by": "max_steps" if trainer.global_step >= trainer.max_steps else "time_budget", **(extra or {})}
     if trainer.is_global_zero:
         done.write_text(json.dumps(summary, indent=1))
     return summary
@@ -378,7 +379,11 @@ def _ray_train_loop(config: dict) -> None:
         resume = str(local)
     started = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
-    summary = _finish(run, trainer, time.perf_counter() - started, ckpt_cb, attempt)
+    from yume.models.rank_agreement import gather_and_check, state_digest
+
+    digests = gather_and_check(state_digest(module), "the trained state")  # DDP really synchronised
+    summary = _finish(run, trainer, time.perf_counter() - started, ckpt_cb, attempt,
+                      extra={"rank_state_digests": digests})
     ray.train.report({"done": 1.0, "step": summary["global_step"]}, checkpoint=None)
 
 

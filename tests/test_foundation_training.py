@@ -393,6 +393,33 @@ def test_ray_train_two_cpu_workers(trainset, tmp_path):
     assert summary["global_step"] == 4 and summary["ray_workers"] == 2
     assert summary["ray_checkpoint"] and os.path.isdir(summary["ray_checkpoint"])
     assert (run.ckpt_dir / "step-0000004.safetensors").is_file()
+    digests = summary["rank_state_digests"]  # each rank hashed its own weights, EMA and buffers after fit
+    assert len(digests) == 2 and digests[0] == digests[1]
+
+    # The weights equal a single process that runs each rank's batch with that rank's noise and averages the
+    # gradients (what DDP's all-reduce must amount to), then clips, steps AdamW and its schedule, updates EMA.
+    from yume.datasets.foundation_data import FoundationDataset, StepSampler, collate
+    from yume.tasks.train_foundation import build_module_and_data, state_from_checkpoint
+
+    module, dm = build_module_and_data(run)
+    t = profile.train
+    optimizers = module.configure_optimizers()
+    opt, sched = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
+    ds = FoundationDataset(dm.rows, dm.settings, dm.roots, dm.cache_root, dm.text, 2, dm.text_dim)
+    for step in range(4):
+        losses = [module.flow_loss(collate([ds[i] for i in StepSampler(step, 1, t.batch_size, 2, rank)]), step, rank)[0]
+                  for rank in (0, 1)]
+        opt.zero_grad(set_to_none=True)
+        (sum(losses) / 2).backward()
+        torch.nn.utils.clip_grad_norm_(module.model.parameters(), t.grad_clip)
+        opt.step()
+        sched.step()
+        module.update_ema()
+    trained = state_from_checkpoint(run.ckpt_dir / "step-0000004.safetensors", prefer_ema=False)[0]
+    reference = module.model.state_dict()
+    assert trained.keys() == reference.keys()
+    for k in reference:
+        torch.testing.assert_close(trained[k], reference[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
 # ------------------------------------------------------------------------------------------ sampler
