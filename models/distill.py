@@ -54,15 +54,10 @@ from .config import ModelConfig
 from .distill_config import DistillConfig
 from .foundation import sample_t, shift_t, velocity_from_output
 from .train_config import TrainConfig
+from .sampler import renoise_grid
 from .wan_dit import WanDiT
 
 # ------------------------------------------------------------------------------------------- math
-
-
-def few_step_levels(timesteps: list[float], shift: float) -> list[float]:
-    """The few-step list (of 1000) warped by the shift, as t in (0, 1] (same as the sampler's renoise grid)."""
-    u = torch.tensor(timesteps, dtype=torch.float64) / 1000.0
-    return [float(x) for x in shift_t(u, shift)]
 
 
 def exit_step(seed: int, iteration: int, n_steps: int) -> int:
@@ -228,7 +223,7 @@ class DistillModule(L.LightningModule):
             self.ema.gradient_checkpointing = False
         for name in ("iteration", "generator_updates", "critic_updates", "ema_updates"):
             self.register_buffer(name, torch.zeros((), dtype=torch.long))
-        self.levels = few_step_levels(self.cfg.timesteps, self.cfg.shift)
+        self.levels = renoise_grid(self.cfg.timesteps, self.cfg.shift)  # the levels the sampler re-noises to
         self._starts: StartPool | None = None
         self._t_last = None
         self.exit_steps_taken: list[int] = []  # this process's generator iterations (not checkpointed)

@@ -579,7 +579,7 @@ def _fmt(v) -> str:
 
 def results_table_rows(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
     header = ["candidate"] + [label for _, label, _ in HEADLINE]
-    rows = [[n] + [_fmt(r.get(k, "")) for k, _, _ in HEADLINE] for n, r in results.items()]
+    rows = [[html.escape(n)] + [_fmt(r.get(k, "")) for k, _, _ in HEADLINE] for n, r in results.items()]
     return header, rows
 
 

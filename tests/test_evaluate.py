@@ -132,10 +132,24 @@ def test_evaluate_flow_writes_metrics_report_and_promotes(workdir, prefect_harne
         assert 0 <= r["joint_accuracy"] <= 1 and r["first_chunk_mse"] > 0
     assert m["candidates"]["foundation_euler20"]["forward_calls_per_chunk"] == 3
     assert m["candidates"]["distilled_4step"]["forward_calls_per_chunk"] == 4
-    for k in ("distilled_minus_euler20_joint_accuracy", "distilled_within_0.05_of_euler20_if_score",
-              "distilled_beats_renoise4_joint_accuracy", "distilled_minus_renoise4_first_chunk_mse",
-              "distilled_4step_latency_flat", "distilled_4step_drift_joint_within_0.05"):
-        assert k in m["comparisons"], k
+    # Each comparison recomputed from the candidates' own figures (signs, thresholds, ratios).
+    c, cmp = m["candidates"], m["comparisons"]
+    d, e, f = c["distilled_4step"], c["foundation_euler20"], c["foundation_renoise4"]
+    for k in ("joint_accuracy", "if_score"):
+        assert cmp[f"distilled_minus_euler20_{k}"] == pytest.approx(d[k] - e[k])
+        assert cmp[f"distilled_within_0.05_of_euler20_{k}"] is (abs(d[k] - e[k]) <= 0.05)
+        assert cmp[f"distilled_minus_renoise4_{k}"] == pytest.approx(d[k] - f[k])
+        assert cmp[f"distilled_beats_renoise4_{k}"] is (d[k] > f[k])
+    assert cmp["distilled_minus_renoise4_first_chunk_mse"] == pytest.approx(d["first_chunk_mse"] - f["first_chunk_mse"])
+    assert cmp["distilled_beats_renoise4_first_chunk_mse"] is (d["first_chunk_mse"] < f["first_chunk_mse"])
+    assert cmp["distilled_over_euler20_first_chunk_mse"] == pytest.approx(d["first_chunk_mse"] / e["first_chunk_mse"])
+    assert cmp["distilled_speedup_over_euler20"] == pytest.approx(e["latency_mean_s"] / d["latency_mean_s"])
+    for name, r in c.items():
+        per = r["latency_per_chunk_s"]
+        assert r["latency_mean_s"] == pytest.approx(sum(per) / len(per))
+        assert r["latency_ratio_16_over_8"] == pytest.approx(per[15] / per[7])
+        assert cmp[f"{name}_latency_flat"] is (per[15] / per[7] <= 1.15)
+        assert cmp[f"{name}_drift_joint_within_0.05"] is (r["drift_joint_abs"] <= 0.05)
     assert m["quality_scorer"]["is_vbench"] is False and "NOT VBench" in m["quality_scorer"]["label"]
     assert m["worlds"]["chunks"] == 16 and m["worlds"]["mouse_labels"] >= 8
     # The floors decide for a random model: promoted exactly when it clears them (it does not: at chance).

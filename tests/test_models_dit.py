@@ -9,7 +9,7 @@ from yume.models.config import TSCMConfig, WanDiTConfig, tiny_model_config, yume
 from yume.models.tscm import interpolate_patch_weight
 from yume.models.wan_dit import WanDiT, is_tscm_param
 
-diffusers = pytest.importorskip("diffusers")
+import diffusers  # noqa: E402  (required: the parity tests must fail, not skip, on a broken install)
 
 # diffusers' own tiny Wan test config (REFERENCE section 3), with Wan2.2's 48 latent channels.
 TINY = WanDiTConfig(num_attention_heads=2, attention_head_dim=12, in_channels=48, out_channels=48, text_dim=32,

@@ -72,8 +72,19 @@ def test_every_stage_flow_has_a_deployment():
 def test_weekly_retrain_is_scheduled_with_a_valid_cron():
     scheduled = [d for d in DEPLOYMENTS if d["entrypoint"].endswith(":retrain") and d.get("schedules")]
     assert scheduled
+    import asyncio
+    from datetime import datetime, timedelta, timezone
+
+    from prefect.server.schemas.schedules import CronSchedule as ServerCronSchedule
+
     for d in scheduled:
         for s in d["schedules"]:
             CronSchedule(cron=s["cron"], timezone=s.get("timezone", "UTC"))
-            assert s["cron"].split()[-1] != "*", "weekly: one day of the week"
+            # What Prefect's scheduler would create over 4 weeks: exactly 4 runs, 7 days apart.
+            start = datetime(2026, 12, 6, tzinfo=timezone.utc)
+            server = ServerCronSchedule(cron=s["cron"], timezone=s.get("timezone", "UTC"))
+            runs = asyncio.run(server.get_dates(start=start, end=start + timedelta(days=28)))
+            assert len(runs) == 4, runs
+            assert [(b.timestamp() - a.timestamp()) for a, b in zip(runs, runs[1:])] == [7 * 86400.0] * 3
+            assert s.get("active") is False  # deployed paused; the README says how to resume it
         assert d["concurrency_limit"]["limit"] == 1  # runs on one work directory never overlap

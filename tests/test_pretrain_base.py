@@ -66,7 +66,7 @@ def test_pretrain_base_trains_resumes_deterministically_and_ships_a_card(tmp_pat
 def test_the_shipped_base_matches_its_card_and_loads_in_diffusers():
     """CI: the committed weights are the ones the card describes, diffusers' WanTransformer3DModel loads them,
     and the tiny profile's training starts from them."""
-    diffusers = pytest.importorskip("diffusers")
+    import diffusers
     from yume.models.config import resolve_model_path
     from yume.models.foundation import build_dit
     from yume.datasets.manifest import file_sha256

@@ -11,7 +11,7 @@ import torch
 from yume.config import load_profile
 from yume.models.config import tiny_model_config
 
-diffusers = pytest.importorskip("diffusers")
+import diffusers  # noqa: E402  (required, never skipped)
 
 
 def _diffusers_dir(tmp_path, cfg=None, seed=0):

