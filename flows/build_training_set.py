@@ -31,6 +31,7 @@ from yume.tasks.build_training_set import (
     write_train_manifest,
 )
 from yume.workdir_lock import locks_workdir
+from yume.flows.upstream import require_upstream
 
 log = logging.getLogger(__name__)
 STAGE = "build_training_set"
@@ -64,6 +65,7 @@ def build_training_set(profile: str = "tiny", workdir: str | None = None, overri
 
     started = time.perf_counter()
     cfg = load_profile(profile, workdir, overrides or [])
+    require_upstream("build_training_set", cfg)
     if cfg.model is None:
         raise ValueError("profile has no `model` section")
     worlds_rows = []

@@ -28,6 +28,7 @@ from yume.flows.stage_utils import quarantine_reasons, remove_stale_shards, run_
 from yume.tasks.ray_pool import ActorPool
 from yume.tasks.recaption import CaptionWorker, caption_row, sample_frame_indices
 from yume.workdir_lock import locks_workdir
+from yume.flows.upstream import require_upstream
 
 log = logging.getLogger(__name__)
 STAGE = "recaption"
@@ -107,6 +108,7 @@ def recaption(profile: str = "tiny", workdir: str | None = None, overrides: list
     """Caption every ok `real` segment with an event-focused caption; write manifests/captions."""
     started = time.perf_counter()
     cfg = load_profile(profile, workdir, overrides or [])
+    require_upstream("recaption", cfg)
     settings = cfg.recaption
     root = cfg.sekai_root()
     manifest_dir = cfg.workdir_path / "manifests" / "captions"

@@ -36,6 +36,7 @@ from yume.tasks.ray_pool import ActorPool
 from yume.tasks.score_and_filter import SOURCES, ScoreWorker, collect_candidates, score_rows
 from yume.tasks.scoring import POLICIES, score_histogram_png
 from yume.workdir_lock import locks_workdir
+from yume.flows.upstream import require_upstream
 
 log = logging.getLogger(__name__)
 STAGE = "score_and_filter"
@@ -76,6 +77,7 @@ def score_and_filter(profile: str = "tiny", workdir: str | None = None, override
     """Score, normalise, rank and select; write manifests/scores and the score histograms."""
     started = time.perf_counter()
     cfg = load_profile(profile, workdir, overrides or [])
+    require_upstream("score_and_filter", cfg)
     s = cfg.score_and_filter
     policy = POLICIES[s.policy]
     items, missing = collect_candidates(cfg)

@@ -164,3 +164,27 @@ def test_cli_gives_the_ephemeral_prefect_server_time_to_start(given, expected):
     assert f"TIMEOUT {expected}" in proc.stderr
     assert "ANALYTICS False" in proc.stderr  # no telemetry ERROR lines on offline nodes
     assert "HTTPX 30" in proc.stderr  # WARNING: no INFO line per Prefect API request in a demo's log
+
+
+@pytest.mark.parametrize("stage, producer", [("score_and_filter", "curate_real"), ("recaption", "curate_real"),
+                                             ("build_training_set", "curate_real")])
+def test_a_stage_without_its_upstream_manifest_fails_naming_the_stage_that_makes_it(tmp_path, stage, producer):
+    """Was: `yume flow score_and_filter` on an empty work directory exited 0 with "candidates": 0."""
+    import time
+
+    t0 = time.perf_counter()
+    proc = run("flow", stage, "--workdir", str(tmp_path / "empty"), check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"run `yume flow {producer}` first" in proc.stderr and "yume demo" in proc.stderr
+    assert "Traceback" not in proc.stderr and time.perf_counter() - t0 < 30  # before Prefect starts
+
+
+def test_upstream_follows_the_configured_sources():
+    from yume.config import load_profile
+    from yume.flows.upstream import upstream_manifests
+
+    assert upstream_manifests("build_training_set", load_profile("tiny")) == ["real", "synthetic", "events", "scores"]
+    procedural = load_profile("tiny", overrides=["training_set.sources={procedural: {i2v: 1.0, t2v: 1.0}}"])
+    assert upstream_manifests("build_training_set", procedural) == []
+    real_only = load_profile("tiny", overrides=["score_and_filter.sources=[real]"])
+    assert upstream_manifests("score_and_filter", real_only) == ["real"]

@@ -41,7 +41,7 @@ def _add_wait_arg(p: argparse.ArgumentParser) -> None:
                    help="if another run holds the work directory, wait for it instead of refusing")
 
 
-def run_holding_workdir(args: argparse.Namespace, run) -> int:
+def run_holding_workdir(args: argparse.Namespace, run, stage: str | None = None) -> int:
     """Take the work directory's lock before Prefect starts (a busy workdir is refused in a second, not after the
     API server's start-up), then run ``run(overrides)`` and print its JSON summary. The flows take the same lock
     again (reentrant), which is what guards a run started by a deployment."""
@@ -50,6 +50,10 @@ def run_holding_workdir(args: argparse.Namespace, run) -> int:
 
     overrides = list(args.overrides) + (["lock.wait=true"] if args.wait else [])
     cfg = load_profile(args.profile, args.workdir, overrides)
+    if stage is not None:
+        from yume.flows.upstream import require_upstream
+
+        require_upstream(stage, cfg)  # before Prefect starts: a missing input fails in a second
     with hold_workdir(cfg.workdir_path, cfg.lock):
         result = run(overrides)
     print(json.dumps(result, indent=1))
@@ -66,7 +70,8 @@ def cmd_flow(args: argparse.Namespace) -> int:
     from yume.flows import STAGE_FLOWS
 
     flow_fn = STAGE_FLOWS[args.stage]
-    return run_holding_workdir(args, lambda o: flow_fn(profile=args.profile, workdir=args.workdir, overrides=o))
+    return run_holding_workdir(args, lambda o: flow_fn(profile=args.profile, workdir=args.workdir, overrides=o),
+                               stage=args.stage)
 
 
 def cmd_pretrain_base(args: argparse.Namespace) -> int:

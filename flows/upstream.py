@@ -1,0 +1,46 @@
+"""What each stage needs from the stages before it, checked before it starts.
+
+A stage whose upstream manifest is missing (or holds no complete shard) fails with a message naming the stage
+that makes it, instead of succeeding on nothing. The CLI runs the same check before Prefect starts, so the
+error comes in a second and without a traceback; a deployment run gets it from the flow.
+
+Kept import-light (config and manifest helpers only): the CLI calls it for every `yume flow`.
+"""
+
+from __future__ import annotations
+
+from yume.config import ConfigError, Profile
+from yume.datasets.manifest import completed_shards
+
+PRODUCER = {"real": "curate_real", "captions": "recaption", "synthetic": "synthesize_t2v",
+            "events": "synthesize_events", "scores": "score_and_filter", "train": "build_training_set"}
+CURATED = ("real", "synthetic", "events")
+
+
+class MissingUpstreamError(ConfigError):
+    """A stage's input manifest does not exist yet."""
+
+
+def upstream_manifests(stage: str, cfg: Profile) -> list[str]:
+    """The manifest kinds ``stage`` reads under this profile (train_foundation on: see its own check)."""
+    if stage == "recaption":
+        return ["real"]
+    if stage == "score_and_filter":
+        return list(cfg.score_and_filter.sources)
+    if stage == "build_training_set":
+        ts = cfg.training_set
+        curated = [k for k in CURATED if k in ts.sources and (ts.sources[k].i2v > 0 or ts.sources[k].t2v > 0)]
+        return curated + (["scores"] if curated and ts.use_scores else [])
+    return []
+
+
+def require_upstream(stage: str, cfg: Profile) -> None:
+    """Raise MissingUpstreamError naming the producing stage of every missing input manifest."""
+    root = cfg.workdir_path / "manifests"
+    missing = [k for k in upstream_manifests(stage, cfg) if not (root / k).is_dir() or not completed_shards(root / k)]
+    if missing:
+        first = min((PRODUCER[k] for k in missing), key=list(PRODUCER.values()).index)
+        raise MissingUpstreamError(
+            f"{stage} reads manifests/{', manifests/'.join(missing)}, which {cfg.workdir_path} does not have: run "
+            f"`yume flow {first}` first (made by: {', '.join(sorted({PRODUCER[k] for k in missing}, key=list(PRODUCER.values()).index))}), "
+            f"or `yume demo` for the whole DAG.")
