@@ -67,17 +67,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("profile", help="profile name (tiny, yume15) or a profile .yaml; its `model` section is described")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
-    from yume.config import ConfigError, load_profile
+    from yume.config import load_profile
 
-    profile = load_profile(args.profile)
+    return report(load_profile(args.profile), args.json)
+
+
+def report(profile, as_json: bool = False) -> int:
+    """Print the profile's model: its config, the paper's open choices, parameter counts, token budgets."""
+    from yume.config import ConfigError
+
     if profile.model is None:
-        raise ConfigError(f"profile {args.profile!r} has no `model` section")
+        raise ConfigError(f"profile {profile.name!r} has no `model` section")
     info = describe(profile.name, profile.model)
-    if args.json:
+    if as_json:
         sys.stdout.write(json.dumps(info) + "\n")
         return 0
     cfg = info["config"]
-    print(f"model profile {args.profile!r}")
+    print(f"model profile {profile.name!r}")
     for section in ("dit", "tscm", "text", "codec"):
         print(f"[{section}]")
         for k, v in cfg[section].items():

@@ -188,3 +188,34 @@ def test_upstream_follows_the_configured_sources():
     assert upstream_manifests("build_training_set", procedural) == []
     real_only = load_profile("tiny", overrides=["score_and_filter.sources=[real]"])
     assert upstream_manifests("score_and_filter", real_only) == ["real"]
+
+
+def test_one_grammar_for_every_command(tmp_path):
+    """--profile/--workdir/--set wherever a profile is read, -v after the subcommand, documented options."""
+    info = json.loads(run("model", "info", "--profile", "tiny", "--set", "model.dit.num_layers=2", "--json").stdout)
+    assert info["config"]["dit"]["num_layers"] == 2
+    assert json.loads(run("model", "info", "tiny", "--json").stdout)["profile"] == "tiny"  # the old form
+    shown = json.loads(run("config", "show", "--set", "actions.mode=yume", "--workdir", str(tmp_path), "--json").stdout)
+    from yume.config import config_hash, load_profile
+
+    assert shown["profile"]["actions"]["mode"] == "yume"
+    assert shown["config_hash"] == config_hash(load_profile("tiny", tmp_path, ["actions.mode=yume"]))
+    helptext = run("actions", "--help").stdout
+    for said in ("robust: the project's labeller", "compare poses", "minimum segment length", "frame rate",
+                 "one JSON object", "the camera file"):  # each option and the argument say what they do
+        assert said in " ".join(helptext.split()), said
+    gen = run("generate", "--help").stdout
+    assert "--device {auto,cpu,cuda}" in gen and "--workdir" in gen
+    bad = run("flow", "curate_real", "-v", "--set", "actions.mode=bogus", "--workdir", str(tmp_path), check=False)
+    assert bad.returncode == 2 and "Traceback" in bad.stderr  # -v after the subcommand shows it
+
+
+def test_a_bad_override_is_named_fast_without_a_traceback(tmp_path):
+    """Was: 21 s, 27 lines with a traceback, blaming profiles/tiny.yaml."""
+    import time
+
+    t0 = time.perf_counter()
+    proc = run("flow", "curate_real", "--set", "actions.mode=bogus", "--workdir", str(tmp_path), check=False)
+    assert proc.returncode == 2 and time.perf_counter() - t0 < 15
+    assert proc.stderr.strip().splitlines() == [
+        "error: invalid configuration: --set actions.mode=bogus: Input should be 'robust' or 'yume'"]

@@ -29,11 +29,22 @@ def apply_prefect_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
-def _add_profile_args(p: argparse.ArgumentParser) -> None:
+def common_options() -> argparse.ArgumentParser:
+    """-v on every subcommand (before or after its name)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging, and tracebacks for errors")
+    return common
+
+
+def profile_options() -> argparse.ArgumentParser:
+    """--profile, --workdir, --set: every command that reads a profile takes all three."""
+    p = argparse.ArgumentParser(add_help=False, parents=[common_options()])
     p.add_argument("--profile", default="tiny", help="embedded profile name (tiny, yume15) or a .yaml path")
     p.add_argument("--workdir", default=None, help="work directory (overrides the profile's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. --set actions.mode=yume (repeatable)")
+    return p
 
 
 def _add_wait_arg(p: argparse.ArgumentParser) -> None:
@@ -185,7 +196,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from yume.config import load_profile
     from yume.models.sampler import generate_to_mp4, parse_actions
 
-    profile = load_profile(args.profile, None, args.overrides)
+    profile = load_profile(args.profile, args.workdir, args.overrides)
+    checkpoint = Path(args.checkpoint)
+    if args.workdir and not checkpoint.is_absolute():
+        checkpoint = profile.workdir_path / checkpoint
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     # The checkpoint's recorded schedule is the default; only the sampler fields given with --set override it.
     explicit = {key: getattr(profile.sampler, key) for key in sampler_overrides(args.overrides)}
     try:
@@ -195,8 +214,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
             from yume.tasks.foundation_eval import metric_config
 
             metric = metric_config(profile)
-        result = generate_to_mp4(args.checkpoint, actions, args.out, image=args.image, prompt=args.prompt,
-                                 cfg=profile.sampler, seed=args.seed, explicit=explicit, label_metric=metric)
+        result = generate_to_mp4(checkpoint, actions, args.out, image=args.image, prompt=args.prompt,
+                                 cfg=profile.sampler, seed=args.seed, explicit=explicit, label_metric=metric,
+                                 device=device)
     except (ValueError, FileNotFoundError) as e:  # bad action syntax, image or checkpoint: a message, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -216,69 +236,90 @@ def sampler_overrides(overrides: list[str]) -> list[str]:
 
 
 def cmd_model(args: argparse.Namespace) -> int:
-    from yume.models.info import main as info
+    from yume.config import load_profile
+    from yume.models.info import report
 
-    return info([args.profile] + (["--json"] if args.json else []))
+    name = args.profile_name or args.profile  # `yume model info tiny` still works
+    return report(load_profile(name, args.workdir, args.overrides), args.json)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from yume.config import config_hash, load_profile
+
+    profile = load_profile(args.profile, args.workdir, args.overrides)
+    dumped = {"config_hash": config_hash(profile), "profile": profile.model_dump(mode="json")}
+    if args.json:
+        sys.stdout.write(json.dumps(dumped, ensure_ascii=False) + "\n")
+    else:
+        sys.stdout.write(yaml.safe_dump(dumped, sort_keys=False, allow_unicode=True))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="yume", description="Yume-1.5 curation and training pipeline")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser = argparse.ArgumentParser(prog="yume", description="Yume-1.5 curation and training pipeline",
+                                     parents=[common_options()])
+    parser.set_defaults(verbose=False)
     sub = parser.add_subparsers(dest="command", required=True)
+    common, profiled = common_options(), profile_options()
 
-    p = sub.add_parser("demo", help="run the whole DAG (tiny profile by default)")
-    _add_profile_args(p)
+    p = sub.add_parser("demo", help="run the whole DAG (tiny profile by default)", parents=[profiled])
     _add_wait_arg(p)
     p.set_defaults(fn=cmd_demo)
 
-    p = sub.add_parser("flow", help="run one stage flow")
+    p = sub.add_parser("flow", help="run one stage flow", parents=[profiled])
     from yume.flows import STAGE_NAMES
 
     p.add_argument("stage", choices=STAGE_NAMES)
-    _add_profile_args(p)
     _add_wait_arg(p)
     p.set_defaults(fn=cmd_flow)
 
     p = sub.add_parser("pretrain-base", help="pretrain the tiny base train_foundation fine-tunes (run once; ships)",
                        description="Train the tiny profile's base DiT (a general video model of the procedural "
                        "worlds, no action sentences), export it in diffusers format to pretrain_base.out with a model "
-                       "card and learning curve. Resumes from its last checkpoint.")
-    _add_profile_args(p)
+                       "card and learning curve. Resumes from its last checkpoint.", parents=[profiled])
     _add_wait_arg(p)
     p.add_argument("--export-only", action="store_true",
                    help="do not train: export the newest checkpoint with its card (a run in progress)")
     p.set_defaults(fn=cmd_pretrain_base)
 
-    p = sub.add_parser("render-worlds", help="write procedural Sekai-format worlds")
-    p.add_argument("out")
-    _add_profile_args(p)
+    p = sub.add_parser("render-worlds", help="write procedural Sekai-format worlds", parents=[profiled])
+    p.add_argument("out", help="output directory (Sekai layout: videos/, cameras/, annotations.csv)")
     p.set_defaults(fn=cmd_render_worlds)
 
-    p = sub.add_parser("actions", help="camera trajectory (.npz/.npy) -> keyboard/mouse labels")
-    p.add_argument("path")
-    p.add_argument("--mode", choices=["robust", "yume"], default="robust")
-    p.add_argument("--stride", type=int, default=1)
-    p.add_argument("--min-frames", type=int, default=33, help="minimum segment length (transitions)")
-    p.add_argument("--fps", type=float, default=30.0)
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p = sub.add_parser("actions", help="camera trajectory (.npz/.npy) -> keyboard/mouse labels", parents=[common],
+                       description="Label a camera trajectory (Sekai .npz with `extrinsic`, or a (N, 4, 4) "
+                       "camera-to-world .npy) with WASD keys and mouse directions per frame transition, and cut "
+                       "it into action segments.")
+    p.add_argument("path", help="the camera file (.npz or .npy)")
+    p.add_argument("--mode", choices=["robust", "yume"], default="robust",
+                   help="robust: the project's labeller (default); yume: the paper's released rule")
+    p.add_argument("--stride", type=int, default=1, help="compare poses this many frames apart (default 1)")
+    p.add_argument("--min-frames", type=int, default=33, help="minimum segment length in transitions (default 33)")
+    p.add_argument("--fps", type=float, default=30.0, help="the trajectory's frame rate, for speeds (default 30)")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout (frames and segments)")
     p.set_defaults(fn=cmd_actions)
 
-    p = sub.add_parser("bench", help="benchmarks that print figures")
+    p = sub.add_parser("bench", help="benchmarks that print figures", parents=[common])
     p.add_argument("what", choices=["actions", "tscm", "curation", "train"])
-    p.add_argument("--json", action="store_true")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.add_argument("--json", action="store_true", help="one JSON line on stdout")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options (e.g. --profile, --device)")
     p.set_defaults(fn=cmd_bench)
 
-    p = sub.add_parser("manifest", help="inspect Parquet manifests")
+    p = sub.add_parser("manifest", help="inspect Parquet manifests", parents=[common])
     p.add_argument("action", choices=["show", "validate"])
-    p.add_argument("path")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("path", help="a manifest directory, e.g. runs/tiny/manifests/real")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(fn=cmd_manifest)
 
     p = sub.add_parser("generate", help="chunked autoregressive generation with a trained world model -> mp4",
                        description="Actions: one KEYS:MOUSE per chunk, comma/semicolon/newline separated, *N "
                        "repeats (W:>*4, S+D:^<, None:.), or a file with that text or a JSON list of "
-                       '{"keys", "mouse", "event"} objects; see README "Generating videos".')
+                       '{"keys", "mouse", "event"} objects; see README "Generating videos". The profile\'s '
+                       "`sampler` section applies where --set names a field (the checkpoint's recorded schedule "
+                       "otherwise); a relative --checkpoint resolves against --workdir when one is given.",
+                       parents=[profiled])
     p.add_argument("--checkpoint", required=True, help="checkpoints/foundation/final (or a training .safetensors)")
     start = p.add_mutually_exclusive_group(required=True)
     start.add_argument("--image", help="start image (I2V)")
@@ -286,18 +327,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actions", required=True, help="inline action list or a file")
     p.add_argument("--out", required=True, help="output .mp4")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where the model runs (auto: cuda when available)")
     p.add_argument("--label", action="store_true", help="label each chunk's motion with the instruction-following "
                    "metric and print commanded vs measured (stderr; `labels` in the JSON)")
-    p.add_argument("--profile", default="tiny", help="profile whose `sampler` section is used (steps, guidance...)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a profile value, e.g. --set sampler.steps=4")
     p.set_defaults(fn=cmd_generate)
 
-    p = sub.add_parser("model", help="world model utilities")
+    p = sub.add_parser("model", help="world model utilities", parents=[profiled])
     p.add_argument("action", choices=["info"])
-    p.add_argument("profile", help="profile name (tiny, yume15) or .yaml path")
+    p.add_argument("profile_name", nargs="?", default=None, metavar="PROFILE",
+                   help="profile name or .yaml (same as --profile)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(fn=cmd_model)
+
+    p = sub.add_parser("config", help="the resolved profile", parents=[profiled],
+                       description="Print the profile after --set overrides and validation, with its config hash "
+                       "(the hash every manifest row and run record carries).")
+    p.add_argument("action", choices=["show"])
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout (YAML otherwise)")
+    p.set_defaults(fn=cmd_config)
     return parser
 
 
@@ -318,15 +366,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.fn(args)
-    except (ConfigError, TrajectoryError, ManifestError, SekaiError) as e:
+    except (ConfigError, TrajectoryError, ManifestError, SekaiError, StateFileError, WorkdirLockedError) as e:
+        # A user error: one line naming the cause (the traceback only with -v).
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except StateFileError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except WorkdirLockedError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_WORKDIR_BUSY
+        return EXIT_WORKDIR_BUSY if isinstance(e, WorkdirLockedError) else 2
 
 
 if __name__ == "__main__":

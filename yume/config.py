@@ -282,12 +282,23 @@ def stage_hash(profile: Profile, *sections: str) -> str:
     return hashlib.sha256(_canonical({s: dumped[s] for s in sections}).encode()).hexdigest()[:16]
 
 
-def _format_error(e: ValidationError, source: str) -> str:
-    lines = [f"invalid profile {source}:"]
+def _override_for(key: str, overrides) -> str | None:
+    """The ``--set`` assignment that set ``key`` (or a section above or below it), the last one winning."""
+    for assignment in reversed(list(overrides)):
+        dotted = assignment.split("=", 1)[0].strip()
+        if key == dotted or key.startswith(dotted + ".") or dotted.startswith(key + "."):
+            return assignment
+    return None
+
+
+def _format_error(e: ValidationError, source: str, overrides=()) -> str:
+    """One line per problem, blaming the ``--set`` argument that caused it when one did, else the profile file."""
+    lines = []
     for err in e.errors():
         key = ".".join(str(p) for p in err["loc"]) or "<root>"
-        lines.append(f"  {key}: {err['msg']}")
-    return "\n".join(lines)
+        culprit = _override_for(key, overrides)
+        lines.append(f"--set {culprit}: {err['msg']}" if culprit else f"{key} (in {source}): {err['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines) if len(lines) > 1 else "invalid configuration: " + lines[0]
 
 
 def _apply_override(data: dict, assignment: str) -> None:
@@ -333,7 +344,7 @@ def load_profile(name_or_path: str = "tiny", workdir: str | Path | None = None, 
     try:
         return Profile.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_error(e, str(path))) from None
+        raise ConfigError(_format_error(e, str(path), overrides)) from None
 
 
 def _deep_merge(base: dict, update: dict) -> dict:
