@@ -59,6 +59,7 @@ from yume.flows.synthesize_t2v import synthesize_t2v
 from yume.flows.train_foundation import train_foundation
 from yume.versioning import code_version
 from yume.workdir_lock import locks_workdir
+from yume.tasks.preflight import require_preflight
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +284,7 @@ def retrain(profile: str = "tiny", workdir: str | None = None, overrides: list[s
     started = time.perf_counter()
     overrides = list(overrides or [])
     cfg = load_profile(profile, workdir, overrides)
+    require_preflight(cfg)  # every model, data root and service first: a missing VAE fails here, not at stage 6
     record_config(cfg, cfg.workdir_path)
     storage = result_storage(cfg)
     records = {stage.name: run_stage_cached(stage, cfg, profile, overrides, storage) for stage in STAGES}

@@ -72,7 +72,11 @@ def run_holding_workdir(args: argparse.Namespace, run, stage: str | None = None)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from yume.config import load_profile
     from yume.flows.retrain import retrain
+    from yume.tasks.preflight import require_preflight
+
+    require_preflight(load_profile(args.profile, args.workdir, args.overrides))  # before Prefect starts
 
     return run_holding_workdir(args, lambda o: retrain(profile=args.profile, workdir=args.workdir, overrides=o))
 
@@ -243,6 +247,15 @@ def cmd_model(args: argparse.Namespace) -> int:
     return report(load_profile(name, args.workdir, args.overrides), args.json)
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from yume.config import load_profile
+    from yume.tasks.preflight import format_table, run_checks
+
+    checks = run_checks(load_profile(args.profile, args.workdir, args.overrides))
+    print(format_table(checks))
+    return 1 if any(c.status == "fail" for c in checks) else 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
@@ -339,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="profile name or .yaml (same as --profile)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(fn=cmd_model)
+
+    p = sub.add_parser("check", help="pre-flight check: models, data, work directory, Ray, Prefect, VBench",
+                       parents=[profiled], description="Check everything the profile needs before spending GPU "
+                       "time: one table with ok / fail and the fix for each; exits 1 on any failure. `yume demo` "
+                       "and the retrain flow run the same check before their first stage.")
+    p.set_defaults(fn=cmd_check)
 
     p = sub.add_parser("config", help="the resolved profile", parents=[profiled],
                        description="Print the profile after --set overrides and validation, with its config hash "
