@@ -158,6 +158,9 @@ class TrainConfig(StrictModel):
     precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "32-true"
     activation_checkpointing: bool = False
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: int = Field(1, ge=1, description="devices (processes) of a local, non-Ray fit; Ray: train.ray.num_workers")
+    strategy: Literal["auto", "ddp", "fsdp"] = Field("auto", description="Lightning strategy of a local fit")
+    progress_every_n_steps: int = Field(50, ge=1, description="a progress line (loss, samples/s, time left) every N steps")
     num_workers: int = Field(0, ge=0, description="DataLoader workers")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per process (None: default)")
     log_every_n_steps: int = Field(10, ge=1)

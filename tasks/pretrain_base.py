@@ -210,7 +210,7 @@ def fit_base(pp, pb, build: dict) -> tuple[object, dict]:
     cb = ProgressAndSnapshots(run.run_dir, pp.train.log_every_n_steps * 10, pb.snapshot_every_n_steps,
                               pp.train.batch_size, prev.get("cpu_seconds", 0.0), prev.get("wall_seconds", 0.0))
     try:
-        summary = fit_local(run, extra_callbacks=[cb])
+        summary = fit_local(run, extra_callbacks=[cb], progress_line=False)
     finally:  # also on an interrupt: the totals so far stay with the run
         cpu, wall = cb.totals()
         write_progress(run.run_dir, last_checkpoint_step(run.ckpt_dir), cpu, wall)

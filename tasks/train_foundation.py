@@ -41,8 +41,10 @@ log = logging.getLogger(__name__)
 STAGE = "train_foundation"
 
 # TrainConfig fields that do not change what the optimisation computes (excluded from the run hash).
+# ``devices`` and ``strategy`` do change it, through the world size, which the hash records as ``ray.num_workers``.
 NON_TRAJECTORY_FIELDS = {"max_steps", "max_minutes", "eval", "log_every_n_steps", "checkpoint_every_n_steps",
-                         "keep_checkpoints", "resume", "num_workers", "torch_threads", "accelerator", "stage_version"}
+                         "keep_checkpoints", "resume", "num_workers", "torch_threads", "accelerator", "stage_version",
+                         "devices", "strategy", "progress_every_n_steps"}
 
 
 @dataclass
@@ -75,7 +77,7 @@ def _sha(obj) -> str:
 
 def run_hash(profile, data_hash: str) -> str:
     t = profile.train.model_dump(mode="json", exclude=NON_TRAJECTORY_FIELDS)
-    t["ray"] = {"num_workers": profile.train.ray.num_workers if profile.train.ray.enabled else 1}
+    t["ray"] = {"num_workers": profile.train.ray.num_workers if profile.train.ray.enabled else profile.train.devices}
     return _sha({"model": profile.model.model_dump(mode="json"), "train": t, "data": data_hash})
 
 
@@ -192,13 +194,99 @@ def check_pretrained_base(model_cfg, encoder_id: str) -> None:
             return
 
 
-# ------------------------------------------------------------------------------------------ callbacks
+# ------------------------------------------------------------------------------------------ what a run prints
 
 
 def _callback_base():
     import lightning as L
 
     return L.Callback
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def tidy_training_logs() -> None:
+    """Each line once, no library tips. Lightning gives its loggers their own stream handler when the root logger
+    has none at import; the CLI (or Prefect) configures the root later, and every Lightning line came out twice.
+    Its cloud-logging tips go, and so do three warnings that do not apply here: the frozen/EMA copies are in eval
+    mode by design, StepSampler resumes from the trainer's step (so the loader need not be resumable), and a
+    torch-internal deprecation."""
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        lg = logging.getLogger(name)
+        for handler in [h for h in lg.handlers if type(h) is logging.StreamHandler]:
+            lg.removeHandler(handler)
+        lg.propagate = True
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropTips) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropTips())
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
+def link_readable_name(run_dir: str | Path, stage: str) -> Path:
+    """``<stage>-<YYYYMMDD>-<hash[:8]>`` beside ``runs/<hash>`` (a relative symlink made once, on first use)."""
+    run_dir = Path(run_dir)
+    for existing in run_dir.parent.glob(f"{stage}-*-{run_dir.name[:8]}"):
+        if existing.is_symlink():
+            return existing
+    alias = run_dir.parent / f"{stage}-{time.strftime('%Y%m%d')}-{run_dir.name[:8]}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        alias.symlink_to(run_dir.name, target_is_directory=True)
+    except FileExistsError:
+        pass
+    return alias
+
+
+# ------------------------------------------------------------------------------------------ callbacks
+
+
+class ProgressLine(_callback_base()):
+    """At the start: where the run lives and the TensorBoard command. Then one line every ``every`` steps: step of
+    max, loss, samples/s over the last interval, elapsed, and the time left (the step budget at the current rate,
+    or the wall-time guard ``max_time`` if that ends first)."""
+
+    def __init__(self, stage: str, run_dir: str | Path, every: int, samples_per_step: int,
+                 max_seconds: float | None = None):
+        self.stage, self.run_dir, self.every, self.samples_per_step = stage, Path(run_dir), int(every), samples_per_step
+        self.max_seconds = max_seconds
+        self._t0 = self._t = self._step = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._t0 = self._t = time.perf_counter()
+        self._step = int(trainer.global_step)
+        if trainer.is_global_zero:
+            alias = link_readable_name(self.run_dir, self.stage)
+            log.info("%s: run %s (%s), steps %d -> %d; watch it with: tensorboard --logdir %s", self.stage,
+                     self.run_dir.name, alias.name, self._step, trainer.max_steps, self.run_dir / "logs" / "tb")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = int(trainer.global_step)
+        if step % self.every or not trainer.is_global_zero or self._t is None or step <= self._step:
+            return
+        now = time.perf_counter()
+        rate = (step - self._step) / (now - self._t)  # steps/s over the last interval
+        left = (trainer.max_steps - step) / rate if rate > 0 else float("inf")
+        if self.max_seconds:
+            left = min(left, self.max_seconds - (now - self._t0))
+        loss = trainer.callback_metrics.get("train/loss")
+        log.info("%s step %d/%d: loss %.4f, %.1f samples/s, %s elapsed, %s left", self.stage, step, trainer.max_steps,
+                 float(loss) if loss is not None else float("nan"), rate * self.samples_per_step,
+                 _clock(now - self._t0), _clock(max(left, 0)))
+        self._t, self._step = now, step
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 
 
 class StepCheckpoint(_callback_base()):
@@ -306,8 +394,9 @@ def trainer_kwargs(profile, run: TrainRun, max_steps: int | None = None, max_sec
 
 
 def fit_local(run: TrainRun, max_steps: int | None = None, max_seconds: float | None = None,
-              extra_callbacks: list | None = None) -> dict:
-    """Train in this process (one device)."""
+              extra_callbacks: list | None = None, progress_line: bool = True) -> dict:
+    """Train in this process (``train.devices`` devices with ``train.strategy``; 1 by default). ``progress_line``
+    off when a caller prints its own (pretrain_base's line adds its CPU-budget totals)."""
     import lightning as L
     import torch
 
@@ -320,9 +409,14 @@ def fit_local(run: TrainRun, max_steps: int | None = None, max_seconds: float | 
     module, dm = build_module_and_data(run)
     ckpt_cb = StepCheckpoint(run.ckpt_dir, t.checkpoint_every_n_steps, t.keep_checkpoints)
     attempt = _attempt_name(run)
-    trainer = L.Trainer(accelerator=t.accelerator, devices=1, logger=_loggers(run, attempt),
-                        callbacks=[ckpt_cb] + list(extra_callbacks or []), plugins=[SafeCheckpointIO()],
-                        default_root_dir=run.run_dir, **trainer_kwargs(profile, run, max_steps, max_seconds))
+    tidy_training_logs()
+    kw = trainer_kwargs(profile, run, max_steps, max_seconds)
+    progress = ProgressLine(STAGE, run.run_dir, t.progress_every_n_steps, t.batch_size * t.devices,
+                            kw.get("max_time", {}).get("seconds"))
+    trainer = L.Trainer(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, logger=_loggers(run, attempt),
+                        callbacks=[ckpt_cb] + ([progress] if progress_line else []) + list(extra_callbacks or []),
+                        plugins=[SafeCheckpointIO()],
+                        default_root_dir=run.run_dir, **kw)
     started = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=run.resume_from)
     return _finish(run, trainer, time.perf_counter() - started, ckpt_cb, attempt)
@@ -365,10 +459,13 @@ def _ray_train_loop(config: dict) -> None:
     ckpt_cb = StepCheckpoint(run.ckpt_dir, t.checkpoint_every_n_steps, t.keep_checkpoints, ray_report=True)
     attempt = config["attempt"]
     rank = ray.train.get_context().get_world_rank()
+    tidy_training_logs()
+    kw = trainer_kwargs(profile, run, config.get("max_steps"), config.get("max_seconds"))
+    progress = ProgressLine(STAGE, run.run_dir, t.progress_every_n_steps, t.batch_size * t.ray.num_workers,
+                            kw.get("max_time", {}).get("seconds"))
     trainer = L.Trainer(accelerator="gpu" if t.ray.use_gpu else "cpu", devices="auto", strategy=strategy,
-                        plugins=[RayLightningEnvironment(), SafeCheckpointIO()], callbacks=[ckpt_cb],
-                        logger=_loggers(run, attempt) if rank == 0 else False, default_root_dir=run.run_dir,
-                        **trainer_kwargs(profile, run, config.get("max_steps"), config.get("max_seconds")))
+                        plugins=[RayLightningEnvironment(), SafeCheckpointIO()], callbacks=[ckpt_cb, progress],
+                        logger=_loggers(run, attempt) if rank == 0 else False, default_root_dir=run.run_dir, **kw)
     trainer = prepare_trainer(trainer)
     resume = run.resume_from
     ray_ckpt = ray.train.get_checkpoint()

@@ -497,3 +497,58 @@ def test_bench_train_prints_throughput(capsys):
         out["samples_per_second"] * 64, rel=0.01)
     assert out["model_tflops_per_step"] > 0
     assert main(["--profile", "yume15"]) == 2  # the 5B step needs a GPU: a clear refusal, not an OOM
+
+
+WATCH = textwrap.dedent("""
+    import logging, sys
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from yume.config import load_profile
+    from yume.tasks.train_foundation import fit_local, prepare_run
+
+    fit_local(prepare_run(load_profile("tiny", sys.argv[1], sys.argv[2:])))
+""")
+
+
+def test_training_you_can_watch(trainset, tmp_path):
+    """Configured as the CLI configures logging: a start line with the TensorBoard command, a progress line every
+    N steps (loss, samples/s, time left), each Lightning line once, no library tips, a readable run name."""
+    import re
+
+    work = _copy_trainset(trainset[0], tmp_path / "w")
+    proc = subprocess.run([sys.executable, "-c", WATCH, str(work), *SMALL, "train.progress_every_n_steps=2"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    err = proc.stderr
+    assert "tensorboard --logdir" in err and "/logs/tb" in err
+    progress = re.findall(r"train_foundation step (\d+)/6: loss [\d.]+, [\d.]+ samples/s, \d+:\d\d:\d\d elapsed, "
+                          r"\d+:\d\d:\d\d left", err)
+    assert progress == ["2", "4", "6"], err[-2000:]
+    assert err.count("GPU available") == 1 and "Tip:" not in err and "in eval mode" not in err
+    (run_dir,) = [p for p in (work / "checkpoints" / "foundation" / "runs").iterdir() if not p.is_symlink()]
+    alias = [p for p in run_dir.parent.iterdir() if p.is_symlink()]
+    assert len(alias) == 1 and re.fullmatch(rf"train_foundation-\d{{8}}-{run_dir.name[:8]}", alias[0].name)
+    assert alias[0].resolve() == run_dir.resolve()
+
+
+def test_devices_and_strategy_come_from_the_profile(trainset, tmp_path, monkeypatch):
+    """Was: a hard-coded devices=1. The world size is part of the run hash (it changes the optimisation)."""
+    import lightning as L
+
+    from yume.tasks.train_foundation import fit_local, prepare_run
+
+    work = _copy_trainset(trainset[0], tmp_path / "w")
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(**kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(L, "Trainer", capture)
+    run = prepare_run(_profile(work, ["train.devices=2", "train.strategy=ddp"]))
+    with pytest.raises(Stop):
+        fit_local(run)
+    assert seen["devices"] == 2 and seen["strategy"] == "ddp"
+    assert run.run_hash != prepare_run(_profile(work)).run_hash
