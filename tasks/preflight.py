@@ -105,6 +105,9 @@ def data_check(cfg) -> Check:
 
 def workdir_check(cfg) -> Check:
     d = cfg.workdir_path
+    if cfg.shared_workdir and not d.is_dir():
+        return Check("work directory", "fail", f"{d} does not exist (shared storage not mounted?)",
+                     f"mount the shared storage and create {d}, or give --workdir on storage every node mounts")
     probe = d if d.exists() else next(p for p in [d, *d.parents] if p.exists())
     try:
         if d.exists():

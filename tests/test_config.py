@@ -85,3 +85,14 @@ def test_yume15_trains_on_a100_workers_with_the_papers_settings(tmp_path):
     assert p.train.ray.num_workers * p.train.batch_size == 40
     assert p.train.prediction == "velocity" and p.train.t_shift == 7.0 and p.distill.shift == 7.0
     assert (p.train.height, p.train.width) == (704, 1280)
+
+
+def test_cluster_profiles_refuse_a_relative_work_directory(tmp_path):
+    """Was: yume15's `workdir: runs/yume15`, i.e. the worker's checkout on one node's local disk."""
+    from yume.config import ConfigError
+
+    assert load_profile("yume15").workdir_path.is_absolute()
+    assert load_profile("yume15", tmp_path).workdir_path == tmp_path.resolve()
+    with pytest.raises(ConfigError, match="absolute work directory on storage every node mounts"):
+        load_profile("yume15", "runs/yume15")
+    assert load_profile("tiny", "runs/x").workdir == "runs/x"  # the demo profile keeps its local default

@@ -40,6 +40,7 @@ def test_cluster_launcher_config_is_valid_with_token_auth_and_a100_workers():
     assert types[cfg["head_node_type"]]["resources"]["GPU"] == 0
     setup = "\n".join(cfg["setup_commands"])
     assert "-c constraints.txt" in setup and "RAY_AUTH_MODE=token" in setup
+    assert "scripts/setup_vbench_env.sh" in setup  # every node can host a VBench score actor (yume15's scorer)
     assert any("PREFECT_API_URL" in c for c in cfg["head_setup_commands"] + cfg["head_start_ray_commands"])
 
 

@@ -88,3 +88,13 @@ def test_weekly_retrain_is_scheduled_with_a_valid_cron():
             assert [(b.timestamp() - a.timestamp()) for a, b in zip(runs, runs[1:])] == [7 * 86400.0] * 3
             assert s.get("active") is False  # deployed paused; the README says how to resume it
         assert d["concurrency_limit"]["limit"] == 1  # runs on one work directory never overlap
+
+
+def test_cluster_deployments_resolve_to_an_absolute_shared_work_directory():
+    from yume.config import load_profile
+
+    for d in DEPLOYMENTS:
+        params = d.get("parameters", {})
+        profile = load_profile(params.get("profile", "tiny"), params.get("workdir"))
+        if profile.shared_workdir:
+            assert Path(profile.workdir).is_absolute() and ROOT not in profile.workdir_path.parents, d["name"]

@@ -250,6 +250,16 @@ class Profile(StrictModel):
     distill: DistillConfig = DistillConfig()
     # One writer per work directory (yume/workdir_lock.py); run control, so outside the profile's hash.
     lock: LockConfig = LockConfig()
+    shared_workdir: bool = Field(
+        False, description="cluster profiles: the work directory must be an absolute path on storage every node "
+        "mounts (a relative one would land in the worker's checkout, on one node's local disk)")
+
+    @model_validator(mode="after")
+    def _shared_workdir_is_absolute(self) -> "Profile":
+        if self.shared_workdir and not Path(self.workdir).expanduser().is_absolute():
+            raise ValueError(f"workdir: profile {self.name!r} runs on a cluster: give an absolute work directory on "
+                             f"storage every node mounts (--workdir /shared/...), not {self.workdir!r}")
+        return self
 
     @property
     def workdir_path(self) -> Path:
