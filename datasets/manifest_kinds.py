@@ -1,4 +1,4 @@
-"""Manifest kinds of the model-driven curation stages (issue 6), registered next to ``real``.
+"""Manifest kinds of the model-driven curation stages, registered next to ``real``.
 
 Each stage owns one kind and writes rows keyed by its upstream row: ``upstream_id`` is the id of the row it
 was derived from (a ``real`` segment for captions and scores of real video, a ``synthetic`` or ``events`` row

@@ -98,7 +98,7 @@ class EvalConfig(StrictModel):
     """Held-out evaluation after training: procedural worlds rendered with one action per chunk."""
 
     enabled: bool = True
-    clips: int = Field(24, ge=1, description="held-out worlds; chunks per clip x clips >= 288 for the issue's figure")
+    clips: int = Field(24, ge=1, description="held-out worlds; chunks per clip x clips >= 288 (the evaluation's figure)")
     chunks: int = Field(12, ge=1, description="chunks per world (the rollout length)")
     seed: int = Field(20_000, ge=0, description="world seed (distinct from training)")
     supersample: int = Field(2, ge=1, le=4)

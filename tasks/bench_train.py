@@ -6,7 +6,7 @@ text budget of the profile), so no data loading is timed. Reported: median step 
 (prediction tokens of the chunk; history tokens listed separately), and the analytic model FLOPs per step
 (3 x forward: the forward FLOPs of ``yume.models.bench_tscm.estimate_flops``).
 
-- ``tiny`` on CPU (default): the throughput figure of the issue.
+- ``tiny`` on CPU (default): the project's throughput figure.
 - ``--profile yume15 --device cuda``: the 5B config at 544x960 (a 34x60 latent grid, 8-frame chunk) in bf16
   autocast with activation checkpointing, plus model FLOPs utilisation (MFU) against the bf16 matrix rate
   measured on the same device in the same run (a large bf16 matmul), i.e. ``achieved / measured peak``.

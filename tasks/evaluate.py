@@ -21,7 +21,7 @@ Benchmark (``distill.evaluate``, ``EvaluateConfig``; REFERENCE.md section 8, sca
   ``latency_chunk16_s``, ``latency_ratio_16_over_8``; long-rollout drift: ``segments`` equal segments of the
   rollout, each with joint accuracy, IF and quality (``segments``), ``drift_joint_delta`` (last - first),
   ``drift_quality_delta``, their absolute values, per-dimension drifts.
-- **Comparisons** (``metrics.json`` -> ``comparisons``): the issue's done-when figures (distilled vs the
+- **Comparisons** (``metrics.json`` -> ``comparisons``): the acceptance figures (distilled vs the
   20-step and the 4-step foundation, latency ratio, drift) with pass flags.
 
 Promotion: ``promotion_decision`` compares a candidate's metrics with the promoted generator's under the
@@ -301,7 +301,7 @@ def evaluate_candidate(cand: Candidate, worlds: BenchWorlds, profile, ecfg, mcfg
 
 
 def compare(results: dict[str, dict]) -> dict:
-    """The issue's done-when figures (absent candidates give no entry)."""
+    """The acceptance figures (absent candidates give no entry)."""
     out: dict = {}
     d, e, f = results.get("distilled_4step"), results.get("foundation_euler20"), results.get("foundation_renoise4")
     if d and e:

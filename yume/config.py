@@ -62,7 +62,7 @@ class PrefectConfig(StrictModel):
     )
 
 
-# --- model-driven curation stages (issue 6): recaption, synthesize_t2v, synthesize_events, score_and_filter ----
+# --- model-driven curation stages: recaption, synthesize_t2v, synthesize_events, score_and_filter ----
 
 
 class StageResources(StrictModel):
@@ -240,13 +240,13 @@ class Profile(StrictModel):
     model: ModelConfig | None = Field(
         None, description="the world model; in YAML `preset: tiny|yume15` plus any keys that override it"
     )
-    # Foundation training (issue 4): build_training_set, train_foundation, generation.
+    # Foundation training: build_training_set, train_foundation, generation.
     training_set: TrainingSetConfig = TrainingSetConfig()
     train: TrainConfig = TrainConfig()
     sampler: SamplerConfig = SamplerConfig()
     # The tiny base train_foundation fine-tunes (tiny only; yume15 starts from Wan2.2-TI2V-5B).
     pretrain_base: PretrainBaseConfig | None = None
-    # Distillation (issue 5): the 4-step generator; `distill.evaluate` configures the evaluate stage.
+    # Distillation: the 4-step generator; `distill.evaluate` configures the evaluate stage.
     distill: DistillConfig = DistillConfig()
     # One writer per work directory (yume/workdir_lock.py); run control, so outside the profile's hash.
     lock: LockConfig = LockConfig()
