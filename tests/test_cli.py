@@ -70,7 +70,6 @@ def test_bench_actions_prints_one_json_line():
     assert result["frames_per_second"] > 0 and result["frames"] == 200000
 
 
-@pytest.mark.slow
 def numbers(obj, prefix=""):
     """(dotted key, value) of every int/float leaf of a JSON document (bools excluded)."""
     if isinstance(obj, dict):
@@ -83,6 +82,7 @@ def numbers(obj, prefix=""):
         yield prefix.rstrip("."), float(obj)
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
     work = tmp_path / "demo"
     proc = run("demo", "--workdir", str(work), timeout=1800)  # the issue bounds the demo at 25 min; 30 leaves margin
