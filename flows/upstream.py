@@ -39,8 +39,7 @@ def require_upstream(stage: str, cfg: Profile) -> None:
     root = cfg.workdir_path / "manifests"
     missing = [k for k in upstream_manifests(stage, cfg) if not (root / k).is_dir() or not completed_shards(root / k)]
     if missing:
-        first = min((PRODUCER[k] for k in missing), key=list(PRODUCER.values()).index)
+        makers = sorted({PRODUCER[k] for k in missing}, key=list(PRODUCER.values()).index)  # DAG order
         raise MissingUpstreamError(
             f"{stage} reads manifests/{', manifests/'.join(missing)}, which {cfg.workdir_path} does not have: run "
-            f"`yume flow {first}` first (made by: {', '.join(sorted({PRODUCER[k] for k in missing}, key=list(PRODUCER.values()).index))}), "
-            f"or `yume demo` for the whole DAG.")
+            f"`yume flow {makers[0]}` first (made by: {', '.join(makers)}), or `yume demo` for the whole DAG.")
