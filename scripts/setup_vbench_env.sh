@@ -15,7 +15,8 @@ PY="${PYTHON:-python3.11}"
 echo '*' > "$VENV/.gitignore"   # keep the ~6 GB environment out of git
 PIP=("$VENV/bin/pip" install --disable-pip-version-check)
 
-"${PIP[@]}" torch==2.14.1 torchvision==0.29.1
+# requirements-vbench.txt as constraints: torch's own dependencies get its pinned versions too.
+"${PIP[@]}" -c "$ROOT/requirements-vbench.txt" torch==2.14.1 torchvision==0.29.1
 "${PIP[@]}" --no-deps -r "$ROOT/requirements-vbench.txt"
 # The project itself, without its (main-environment) dependencies, so `yume.tasks.scoring_vbench` imports.
 "${PIP[@]}" --no-deps -e "$ROOT"
