@@ -33,7 +33,7 @@ from yume.datasets.manifest_kinds import SCORES
 from yume.flows.reporting import stage_report_dir, write_metrics
 from yume.flows.stage_utils import png_markdown, quarantine_reasons, remove_stale_shards, shard_cache_key, split_shards
 from yume.tasks.ray_pool import ActorPool
-from yume.tasks.score_and_filter import SOURCES, ScoreWorker, collect_candidates, score_rows
+from yume.tasks.score_and_filter import SOURCES, ScoreWorker, collect_candidates, score_rows, scorer_identity
 from yume.tasks.scoring import POLICIES, score_histogram_png
 from yume.workdir_lock import locks_workdir
 from yume.flows.upstream import require_upstream
@@ -41,7 +41,7 @@ from yume.flows.upstream import require_upstream
 log = logging.getLogger(__name__)
 STAGE = "score_and_filter"
 CONFIG_SECTIONS = ("score_and_filter",)
-SCORING_SECTIONS = ("scorer", "vbench_dimensions", "max_frames", "score_fps", "stage_version")
+SCORING_SECTIONS = ("scorer", "vbench_dimensions", "vbench_weights", "max_frames", "score_fps", "stage_version")
 
 
 
@@ -107,30 +107,34 @@ def score_and_filter(profile: str = "tiny", workdir: str | None = None, override
             results.update(task_fn(name, its, str(cache_dir), pool, keys[name]))
             progress.advance(bar)
 
+    # Random-init VBench backbones (tiny's vbench_weights: random): the label goes into every row's scorer name,
+    # the metrics, the artifacts and the histogram titles.
+    scorer_name, label = scorer_identity(s)
+    tag = policy.tag + (f", {label}" if label else "")
     common = {"stage": STAGE, "stage_version": s.stage_version, "config_hash": config_hash,
-              "scorer": "lite-opencv" if s.scorer == "lite" else "vbench-0.1.5", "is_vbench": s.scorer == "vbench",
-              "policy": policy.tag}
+              "scorer": scorer_name, "is_vbench": s.scorer == "vbench", "policy": policy.tag}
     rows = score_rows(items, results, policy, s.selection, common)
     by_id = {r["id"]: r for r in rows}
     for name, its in shards.items():
         write_shard(manifest_dir, name, [by_id[it["id"]] for it in its], SCORES, extra={"cache_key": keys[name]})
 
     report_dir = stage_report_dir(cfg, STAGE)
-    figures = _histograms(rows, report_dir, policy.tag)
+    figures = _histograms(rows, report_dir, tag)
     if figures:
         create_markdown_artifact(
             key="score-and-filter-histograms",
             markdown="\n".join(png_markdown(path, title) for title, path in figures),
-            description=f"composite score histograms ({policy.tag}; {'VBench' if policy.is_vbench else 'NOT VBench'})",
+            description=f"composite score histograms ({tag}; {'VBench' if policy.is_vbench else 'NOT VBench'})",
         )
     summary = _summary(rows)
     create_table_artifact(key="score-and-filter-selection", table=summary or [{"source": "-"}],
-                          description=f"scored, selected and cut-off per source ({policy.tag})")
+                          description=f"scored, selected and cut-off per source ({tag})")
     table = read_manifest(manifest_dir, SCORES).to_pylist() if shards else []
     status = Counter(r["status"] for r in table)
     elapsed = time.perf_counter() - started
     metrics = {
         "stage": STAGE, "scorer": common["scorer"], "is_vbench": common["is_vbench"], "policy": policy.tag,
+        "scores_label": label or "", "vbench_weights": s.vbench_weights if s.scorer == "vbench" else None,
         "candidates": len(items), "sources_missing": missing, "shards": len(shards), "shards_cached": hits,
         "scored_ok": status.get("ok", 0), "rows_quarantined": status.get("quarantined", 0),
         "quarantine_reasons": quarantine_reasons([r["error"] for r in table]),

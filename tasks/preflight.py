@@ -163,7 +163,23 @@ def vbench_check(cfg) -> Check:
                           capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         return Check("VBench environment", "fail", f"{python}: import vbench failed", fix)
-    return Check("VBench environment", "ok", f"{python} (Python {proc.stdout.strip()}) imports vbench")
+    found = f"{python} (Python {proc.stdout.strip()}) imports vbench"
+    if s.vbench_weights == "random":
+        return Check("VBench environment", "ok", f"{found}; weights: random, values not meaningful")
+    # The real weights, as this machine sees them (VBENCH_CACHE_DIR / TORCH_HOME): missing ones fail here, before
+    # the first stage, not in the actors; nothing falls back to random weights.
+    code = ("import sys\nfrom yume.tasks.scoring_vbench import VBENCH_DIMENSIONS, expected_weight_paths\n"
+            "dims = sys.argv[1].split(',') if sys.argv[1] else VBENCH_DIMENSIONS\n"
+            "print('\\n'.join(str(p) for ps in expected_weight_paths(dims).values() for p in ps if not p.is_file()))")
+    proc = subprocess.run([str(python), "-c", code, ",".join(s.vbench_dimensions or [])],
+                          capture_output=True, text=True, timeout=120)
+    missing = [line for line in proc.stdout.splitlines() if line]
+    if proc.returncode != 0 or missing:
+        what = f"{len(missing)} weight files missing, e.g. {missing[0]}" if missing else "weight check failed"
+        return Check("VBench environment", "fail", f"{found}, but {what}",
+                     "copy the VBench weights into VBENCH_CACHE_DIR / TORCH_HOME (tasks/scoring_vbench.py "
+                     "expected_weight_paths); on tiny only, score_and_filter.vbench_weights=random runs random-init backbones")
+    return Check("VBench environment", "ok", f"{found}; weights: cache")
 
 
 def run_checks(cfg) -> list[Check]:

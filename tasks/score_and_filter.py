@@ -8,7 +8,8 @@ real segments are subsampled towards ``score_fps`` (30 fps Sekai -> every 2nd fr
 Scorers (`ScoreWorker`, one per Ray actor, built once): ``lite`` = `LiteScorer` in the actor (OpenCV,
 NOT VBench, labelled so in every row); ``vbench`` = `VBenchScorer` in the separate `.venv-vbench`
 environment, reached through a long-lived `scoring_service` child process of the actor (models load once
-per actor; the actor declares the GPU). Per-item failures: ``decode_failed``, ``nan_score`` (a raw score
+per actor; the actor declares the GPU; with ``vbench_weights: random`` on random-init backbones, its name
+"vbench-0.1.5 (weights: random, values not meaningful)" in every row). Per-item failures: ``decode_failed``, ``nan_score`` (a raw score
 that is not finite), ``model_error``, ``oom``.
 
 Composite: `yume.tasks.scoring.composite_score` under the configured, versioned policy (``lite@1`` or
@@ -80,6 +81,18 @@ def collect_candidates(profile) -> tuple[list[dict], list[str]]:
     return items, missing
 
 
+def scorer_identity(settings) -> tuple[str, str | None]:
+    """(the scorer name every row records, the label its scores carry or None) for a `ScoreAndFilterConfig`.
+    Random-init VBench backbones (``vbench_weights: random``) are labelled "weights: random, values not
+    meaningful", in the name itself (as `VBenchScorer.name` has it) and in the stage's report."""
+    from yume.tasks.scoring_vbench import RANDOM_WEIGHTS_LABEL
+
+    if settings.scorer == "lite":
+        return "lite-opencv", None
+    label = RANDOM_WEIGHTS_LABEL if settings.vbench_weights == "random" else None
+    return "vbench-0.1.5" + (f" ({label})" if label else ""), label
+
+
 class ScoreWorker:
     """One actor's scorer. ``score(items)`` -> one result per item: status, error, raw scores, frames."""
 
@@ -95,7 +108,8 @@ class ScoreWorker:
             from yume.tasks.scoring_service import SubprocessScorer
 
             self.scorer = SubprocessScorer(self.settings.vbench_python, "vbench", device=torch_device(num_gpus),
-                                           dimensions=self.settings.vbench_dimensions)
+                                           dimensions=self.settings.vbench_dimensions,
+                                           weights=self.settings.vbench_weights)
         self.name = self.scorer.name
         self.is_vbench = bool(self.scorer.is_vbench)
 

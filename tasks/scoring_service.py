@@ -3,7 +3,7 @@
 vbench lives in `.venv-vbench` (its pins must never reach the main environment, and it has no Ray), so the
 score_and_filter actor that declares the GPU starts this module there once, as a long-lived child process:
 
-    .venv-vbench/bin/python -m yume.tasks.scoring_service --scorer vbench --device cuda
+    .venv-vbench/bin/python -m yume.tasks.scoring_service --scorer vbench --device cuda [--weights random]
 
 and keeps it for its lifetime, so vbench's models load once per actor. Protocol: one JSON object per line.
 Request ``{"npy": "/path/frames.npy", "fps": 16.0}`` (uint8 (T, H, W, 3) RGB, written by the caller);
@@ -26,21 +26,24 @@ from pathlib import Path
 import numpy as np
 
 
-def _build(scorer: str, device: str | None, dimensions: list[str] | None):
+def _build(scorer: str, device: str | None, dimensions: list[str] | None, weights: str = "cache"):
     if scorer == "lite":
         from yume.tasks.scoring_lite import LiteScorer
+
+        if weights != "cache":
+            raise ValueError(f"--weights {weights} applies to the vbench scorer only")
 
         s = LiteScorer()
         return lambda fps: s, s.name, list(s.dimensions)
     from yume.tasks.scoring_vbench import VBENCH_DIMENSIONS, VBenchScorer
 
     dims = tuple(dimensions or VBENCH_DIMENSIONS)
-    first = VBenchScorer(dims, device=device, fps=16.0)  # loads every model once
+    first = VBenchScorer(dims, device=device, fps=16.0, weights=weights)  # loads (or builds) every model once
     by_fps = {16.0: first}
 
     def for_fps(fps: float):
         if fps not in by_fps:
-            by_fps[fps] = VBenchScorer(dims, device=first.device, fps=fps, models=first.models)
+            by_fps[fps] = VBenchScorer(dims, device=first.device, fps=fps, models=first.models, weights=weights)
         return by_fps[fps]
 
     return for_fps, first.name, list(dims)
@@ -51,10 +54,13 @@ def serve(argv: list[str] | None = None) -> int:
     p.add_argument("--scorer", choices=["lite", "vbench"], required=True)
     p.add_argument("--device", default=None)
     p.add_argument("--dimensions", default=None, help="comma-separated vbench dimensions (default: all six)")
+    p.add_argument("--weights", choices=["cache", "random"], default="cache",
+                   help="vbench backbones: the real weights from the cache, or random-init (values not meaningful)")
     args = p.parse_args(argv)
     out = sys.stdout
     try:
-        scorer_for, name, dims = _build(args.scorer, args.device, args.dimensions.split(",") if args.dimensions else None)
+        scorer_for, name, dims = _build(args.scorer, args.device, args.dimensions.split(",") if args.dimensions else None,
+                                        args.weights)
     except Exception as e:  # noqa: BLE001 - reported to the parent, which quarantines nothing and fails
         out.write(json.dumps({"ready": False, "error": f"{type(e).__name__}: {e}"}) + "\n")
         out.flush()
@@ -80,7 +86,7 @@ class SubprocessScorer:
     """The `VideoScorer` interface over a `serve` child process running in ``python`` (another venv)."""
 
     def __init__(self, python: str, scorer: str, device: str | None = None, dimensions: list[str] | None = None,
-                 fps: float = 16.0, env: dict | None = None):
+                 fps: float = 16.0, env: dict | None = None, weights: str = "cache"):
         if not Path(python).is_file():
             raise FileNotFoundError(f"scorer interpreter {python!r} does not exist (scripts/setup_vbench_env.sh)")
         cmd = [python, "-m", "yume.tasks.scoring_service", "--scorer", scorer]
@@ -88,6 +94,8 @@ class SubprocessScorer:
             cmd += ["--device", device]
         if dimensions:
             cmd += ["--dimensions", ",".join(dimensions)]
+        if weights != "cache":
+            cmd += ["--weights", weights]
         self.fps = fps
         self._tmp = tempfile.TemporaryDirectory(prefix="yume-score-")
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,

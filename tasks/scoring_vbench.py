@@ -25,8 +25,14 @@ Choices:
 - Raw scores are vbench's per-video values: imaging quality stays on MUSIQ's 0-100 scale (the
   `VBENCH_POLICY_V1` divides by 100), aesthetic is the LAION score /10, dynamic degree is 0.0 or 1.0.
 
-What ran on this machine (tests/test_scoring_vbench.py, in .venv-vbench, random weights; no real weights
-can be fetched here, so no real vbench number was produced):
+- ``weights="random"`` (the tiny demo's ``score_and_filter.vbench_weights: random``; refused on yume15) runs
+  vbench's code on `random_vbench_models`, never as a fallback for missing files; the scorer's name, and so
+  every manifest row, then says "weights: random, values not meaningful".
+- Frames with a shorter side under 64 px are upscaled (bicubic) before scoring: vbench's RAFT cannot run on
+  the tiny profile's 32 px frames.
+
+What ran on this machine (tests/test_scoring_vbench.py, in .venv-vbench, on `random_vbench_models`; no real
+weights can be fetched here, so no real vbench number was produced):
 - background_consistency, aesthetic_quality: vbench's functions on openai-clip's real CLIP architecture
   (`clip.model.CLIP`, reduced width/depth) with random weights, and a random LAION-style linear head.
 - imaging_quality: vbench's `technical_quality` on pyiqa's real MUSIQ architecture, random weights.
@@ -69,6 +75,15 @@ MODELS_FOR = {
 }
 
 _PLACEHOLDER = "/in-memory/videos/clip.mp4"  # vbench dispatches on the .mp4 suffix; never opened
+
+# Where the backbones come from: "cache" = the real published weights (VBENCH_CACHE_DIR / TORCH_HOME, checked,
+# never downloaded); "random" = `random_vbench_models`, random-init backbones that exercise vbench's code on
+# machines without the weights. Random-weight scores are labelled so wherever they are recorded.
+WEIGHTS = ("cache", "random")
+RANDOM_WEIGHTS_LABEL = "weights: random, values not meaningful"
+# vbench's RAFT (dynamic degree) needs a shorter side of at least 64 px: at 32 px its 4-level correlation
+# pyramid pools a 4x4 feature map to nothing ("Output size is too small").
+MIN_SIDE = 64
 
 
 class VBenchUnavailable(ImportError):
@@ -238,6 +253,64 @@ def load_raft(device: str):
     return model.to(device).eval()
 
 
+def random_vbench_models(dimensions=VBENCH_DIMENSIONS, seed: int = 0) -> dict:
+    """Random-init backbones under the keys of `load_vbench_models`: the real architectures where they can be
+    built offline, reduced in size where that keeps them fast. Scores from them are NOT VBench values.
+
+    - clip_b32 / clip_l14: openai-clip's `clip.model.CLIP`, width 64 and 2 vision layers (224 px input as
+      vbench's); clip_l14 keeps the 768-d embedding the LAION head expects.
+    - aesthetic_head: a random 768 -> 1 linear layer, the LAION head's shape.
+    - musiq: pyiqa's full MUSIQ architecture; amt: vbench's AMT-S from its own yaml; raft: vbench's RAFT (large).
+    - dino: a small timm ViT/16 returning the CLS feature (DINO's code needs a torch.hub clone of its repo).
+    """
+    import clip.model
+    import timm
+    import torch
+    from pyiqa.archs.musiq_arch import MUSIQ
+
+    require_vbench()
+    torch.manual_seed(seed)
+
+    def small_clip(embed_dim, patch):
+        return clip.model.CLIP(
+            embed_dim=embed_dim, image_resolution=224, vision_layers=2, vision_width=64, vision_patch_size=patch,
+            context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=1,
+        ).eval()
+
+    def musiq():
+        model = MUSIQ(pretrained=False)
+        model.training = False  # vbench sets this: MUSIQ builds its multi-scale patches only when not training
+        return model
+
+    builders = {
+        "dino": lambda: timm.create_model(
+            "vit_base_patch16_224", pretrained=False, num_classes=0, embed_dim=64, depth=2, num_heads=2,
+            dynamic_img_size=True,
+        ).eval(),
+        "clip_b32": lambda: small_clip(512, 32),
+        "clip_l14": lambda: small_clip(768, 14),
+        "aesthetic_head": lambda: torch.nn.Linear(768, 1),
+        "musiq": musiq,
+        "amt": build_amt_s,
+        "raft": build_raft,
+    }
+    needed = {m for d in dimensions for m in MODELS_FOR[d]}
+    return {name: build() for name, build in builders.items() if name in needed}  # fixed order: reproducible
+
+
+def upscale_frames(frames: np.ndarray, min_side: int = MIN_SIDE) -> np.ndarray:
+    """Frames whose shorter side is under ``min_side``, resized (bicubic, aspect kept) so that it is ``min_side``;
+    others returned unchanged."""
+    t, h, w, _ = frames.shape
+    if min(h, w) >= min_side:
+        return frames
+    import cv2
+
+    scale = min_side / min(h, w)
+    size = (max(min_side, round(w * scale)), max(min_side, round(h * scale)))  # cv2 wants (width, height)
+    return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_CUBIC) for f in frames])
+
+
 def load_vbench_models(dimensions=VBENCH_DIMENSIONS, device: str = "cpu") -> dict:
     """Real-weight backbones for `dimensions`, after checking every file exists."""
     require_vbench()
@@ -261,12 +334,13 @@ def load_vbench_models(dimensions=VBENCH_DIMENSIONS, device: str = "cpu") -> dic
 class VBenchScorer:
     """VBench 0.1.5 dimensions for one video at a time; models held for the instance's lifetime.
 
-    `models` injects already-built backbones (same keys as `load_vbench_models`); tests use it to run
-    vbench's functions on random-weight stand-ins. `fps` is the clip's frame rate: dynamic degree samples
-    frames at ~8 fps as vbench does from the mp4's fps.
+    `weights`: "cache" loads the real backbones (`load_vbench_models`, missing files raise
+    `VBenchWeightsMissing`), "random" builds `random_vbench_models` and puts `RANDOM_WEIGHTS_LABEL` in the
+    scorer's name. `models` injects already-built backbones instead (same keys); `weights` must then say
+    what they are. `fps` is the clip's frame rate: dynamic degree samples frames at ~8 fps as vbench does
+    from the mp4's fps. Frames with a shorter side under `min_side` are upscaled first (`upscale_frames`).
     """
 
-    name = "vbench-0.1.5"
     is_vbench = True
 
     def __init__(
@@ -276,6 +350,8 @@ class VBenchScorer:
         fps: float = 16.0,
         models: dict | None = None,
         imaging_quality_preprocessing_mode: str = "longer",  # vbench's default
+        weights: str = "cache",
+        min_side: int = MIN_SIDE,
     ):
         require_vbench()
         import torch
@@ -283,11 +359,19 @@ class VBenchScorer:
         unknown = set(dimensions) - set(VBENCH_DIMENSIONS)
         if unknown:
             raise ValueError(f"unsupported VBench dimensions: {sorted(unknown)}")
+        if weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {WEIGHTS}, not {weights!r}")
         self.dimensions = tuple(dimensions)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.fps = fps
         self.iq_mode = imaging_quality_preprocessing_mode
-        self.models = models if models is not None else load_vbench_models(self.dimensions, self.device)
+        self.weights = weights
+        self.min_side = min_side
+        self.name = "vbench-0.1.5" + (f" ({RANDOM_WEIGHTS_LABEL})" if weights == "random" else "")
+        if models is None:
+            models = (random_vbench_models(self.dimensions) if weights == "random"
+                      else load_vbench_models(self.dimensions, self.device))
+        self.models = models
         missing = [m for d in self.dimensions for m in MODELS_FOR[d] if m not in self.models]
         if missing:
             raise ValueError(f"models dict lacks {missing}")
@@ -352,10 +436,12 @@ class VBenchScorer:
                 self._dynamic.__dict__.pop("get_frames", None)
 
     def score(self, frames: np.ndarray) -> dict[str, float]:
-        """Raw per-dimension VBench values for one clip (uint8 (T, H, W, 3) RGB, T >= 2)."""
+        """Raw per-dimension VBench values for one clip (uint8 (T, H, W, 3) RGB, T >= 2); frames with a shorter
+        side under `min_side` are upscaled to it first."""
         frames = np.asarray(frames)
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) < 2:
             raise ValueError(f"expected uint8 (T>=2, H, W, 3) RGB frames, got {frames.dtype} {frames.shape}")
+        frames = upscale_frames(frames, self.min_side)
         import torch
 
         out = {}

@@ -96,3 +96,18 @@ def test_cluster_profiles_refuse_a_relative_work_directory(tmp_path):
     with pytest.raises(ConfigError, match="absolute work directory on storage every node mounts"):
         load_profile("yume15", "runs/yume15")
     assert load_profile("tiny", "runs/x").workdir == "runs/x"  # the demo profile keeps its local default
+
+
+def test_random_vbench_weights_are_explicit_and_refused_on_yume15():
+    """vbench_weights=random runs vbench's code on random-init backbones: a tiny-only choice, never a default."""
+    vbench = ["score_and_filter.scorer=vbench", "score_and_filter.policy=vbench-leaderboard@1"]
+    assert load_profile("tiny", overrides=vbench).score_and_filter.vbench_weights == "cache"
+    assert load_profile("yume15", "/tmp/unused").score_and_filter.vbench_weights == "cache"
+    tiny = load_profile("tiny", overrides=[*vbench, "score_and_filter.vbench_weights=random"])
+    assert tiny.score_and_filter.vbench_weights == "random"
+    with pytest.raises(ConfigError) as err:
+        load_profile("yume15", "/tmp/unused", overrides=["score_and_filter.vbench_weights=random"])
+    assert str(err.value).startswith("invalid configuration: --set score_and_filter.vbench_weights=random: 'random' "
+                                     "is refused on profile 'yume15'")
+    with pytest.raises(ConfigError, match="score_and_filter.vbench_weights"):
+        load_profile("tiny", overrides=["score_and_filter.vbench_weights=fallback"])

@@ -74,3 +74,26 @@ def test_checks_cover_every_model_the_profile_names():
         assert expected in names
     with pytest.raises(PreflightError):
         require_preflight(load_profile("yume15", "/tmp/unused"))
+
+
+def test_vbench_check_names_missing_weights_and_labels_random_ones(tmp_path, monkeypatch):
+    """scorer=vbench: the real weights are checked before the first stage (no fallback); random ones are labelled."""
+    from yume.tasks.preflight import vbench_check
+
+    # An interpreter that "imports vbench" and otherwise is this one (the weight check needs only yume).
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\ncase "$2" in *"import vbench"*) echo 3.11.7; exit 0;; esac\nexec {sys.executable} "$@"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("VBENCH_CACHE_DIR", str(tmp_path / "vb"))
+    vbench = ["score_and_filter.scorer=vbench", "score_and_filter.policy=vbench-leaderboard@1",
+              f"score_and_filter.vbench_python={fake}", "score_and_filter.vbench_dimensions=[dynamic_degree]"]
+    check = vbench_check(load_profile("tiny", overrides=vbench))
+    raft = tmp_path / "vb" / "raft_model" / "models" / "raft-things.pth"
+    assert check.status == "fail" and f"1 weight files missing, e.g. {raft}" in check.found
+    assert "vbench_weights=random" in check.fix
+    raft.parent.mkdir(parents=True)
+    raft.write_bytes(b"weights")
+    assert vbench_check(load_profile("tiny", overrides=vbench)).found.endswith("imports vbench; weights: cache")
+    raft.unlink()
+    random = vbench_check(load_profile("tiny", overrides=[*vbench, "score_and_filter.vbench_weights=random"]))
+    assert random.status == "ok" and random.found.endswith("weights: random, values not meaningful")

@@ -11,7 +11,7 @@ import torch
 from yume.config import ScoreAndFilterConfig, SelectRule
 from yume.datasets.procedural import ProceduralWorldConfig, write_sekai_dataset
 from yume.datasets.sekai import read_annotations, read_frames
-from yume.tasks.score_and_filter import ScoreWorker, score_rows, scoring_indices
+from yume.tasks.score_and_filter import ScoreWorker, score_rows, scorer_identity, scoring_indices
 from yume.tasks.scoring import LITE_POLICY_V1, VBENCH_POLICY_V1
 from yume.tasks.scoring_lite import LiteScorer
 
@@ -99,6 +99,25 @@ def test_config_refuses_a_policy_of_another_scorer_family():
         ScoreAndFilterConfig(scorer="lite", policy="vbench-leaderboard@1")
 
 
+def test_random_vbench_weights_label_every_row_and_change_the_cache_key():
+    from yume.flows.score_and_filter import SCORING_SECTIONS
+
+    vbench = {"scorer": "vbench", "policy": "vbench-leaderboard@1"}
+    assert scorer_identity(ScoreAndFilterConfig()) == ("lite-opencv", None)
+    assert scorer_identity(ScoreAndFilterConfig(**vbench)) == ("vbench-0.1.5", None)
+    name, label = scorer_identity(ScoreAndFilterConfig(**vbench, vbench_weights="random"))
+    assert label == "weights: random, values not meaningful" and name == f"vbench-0.1.5 ({label})"
+    assert "vbench_weights" in SCORING_SECTIONS  # random-weight scores are never reused for real weights
+    items = [{"id": "s0", "upstream_kind": "synthetic", "source_uri": "u", "content_hash": "h", "video_uri": "v",
+              "video_root": "media", "start_frame": 0, "end_frame": 8}]
+    results = {"s0": {"status": "ok", "raw": {d: 0.5 for d in VBENCH_POLICY_V1.weights} | {"imaging_quality": 50.0},
+                      "frames_scored": 8, "scorer": name, "is_vbench": True}}
+    common = {"stage": "score_and_filter", "stage_version": "1", "config_hash": "c", "scorer": name,
+              "is_vbench": True, "policy": VBENCH_POLICY_V1.tag}
+    (row,) = score_rows(items, results, VBENCH_POLICY_V1, {}, common)
+    assert row["scorer"].endswith("(weights: random, values not meaningful)") and row["status"] == "ok"
+
+
 def test_scoring_service_subprocess_matches_in_process(clips):
     from yume.tasks.scoring_service import SubprocessScorer
 
@@ -115,3 +134,5 @@ def test_scoring_service_subprocess_matches_in_process(clips):
         service.close()
     with pytest.raises(FileNotFoundError, match="setup_vbench_env"):
         SubprocessScorer("/nonexistent/python", "vbench")
+    with pytest.raises(RuntimeError, match="applies to the vbench scorer only"):
+        SubprocessScorer(sys.executable, "lite", weights="random")

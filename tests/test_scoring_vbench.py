@@ -5,6 +5,9 @@ backbones: openai-clip's CLIP architecture (reduced size), pyiqa's MUSIQ, vbench
 timm ViT standing in for DINO (whose code needs a torch.hub clone). What this proves is the adapter's data
 path: frames reach vbench exactly as vbench's own readers would deliver them from an mp4, every
 dimension runs, and values have vbench's ranges. It proves nothing about real score values.
+
+The module-level skips are for the main environment's run only: `make test` runs this file a second time
+inside .venv-vbench with --fail-on-skip (tests/conftest.py), where any skip is a failure.
 """
 
 
@@ -31,41 +34,10 @@ def _clip(frames=16, size=64, seed=0):
     return np.stack([tex[:, 2 * t : 2 * t + size] for t in range(frames)])
 
 
-def _random_models():
-    import clip.model
-    import timm
-    from pyiqa.archs.musiq_arch import MUSIQ
-
-    torch.manual_seed(0)
-
-    def small_clip(embed_dim, patch):
-        # openai-clip's real architecture, shrunk (width/depth) so it runs in seconds; 224 px input as vbench's.
-        return clip.model.CLIP(
-            embed_dim=embed_dim, image_resolution=224, vision_layers=2, vision_width=64, vision_patch_size=patch,
-            context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=1,
-        ).eval()
-
-    musiq = MUSIQ(pretrained=False)  # pyiqa's full MUSIQ architecture, random weights
-    musiq.training = False  # vbench sets this: MUSIQ builds its multi-scale patches only when not training
-    return {
-        # DINO ViT-B/16 stand-in: a (small) timm ViT/16 returning the CLS feature like dino's num_classes=0 ViT.
-        "dino": timm.create_model(
-            "vit_base_patch16_224", pretrained=False, num_classes=0, embed_dim=64, depth=2, num_heads=2,
-            dynamic_img_size=True,
-        ).eval(),
-        "clip_b32": small_clip(512, 32),
-        "clip_l14": small_clip(768, 14),  # LAION head expects 768-d ViT-L/14 features
-        "aesthetic_head": torch.nn.Linear(768, 1),
-        "musiq": musiq,
-        "amt": sv.build_amt_s(),  # vbench's AMT-S from its own yaml
-        "raft": sv.build_raft(),  # vbench's RAFT (large)
-    }
-
-
 @pytest.fixture(scope="module")
 def scorer():
     torch.set_num_threads(2)
-    return sv.VBenchScorer(device="cpu", fps=FPS, models=_random_models())
+    return sv.VBenchScorer(device="cpu", fps=FPS, weights="random")  # sv.random_vbench_models()
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +147,53 @@ def test_bad_frames_rejected(scorer):
         scorer.score(np.zeros((1, 8, 8, 3), np.uint8))
     with pytest.raises(ValueError):
         scorer.score(np.zeros((4, 8, 8, 3), np.float32))
+
+
+def test_frames_under_64_px_are_upscaled_for_raft(scorer):
+    """The tiny profile's 32 px frames: vbench's RAFT fails on them as they are; the scorer upscales them first."""
+    small = _clip(size=32)
+    up = sv.upscale_frames(small)
+    assert up.shape == (16, 64, 64, 3) and up.dtype == np.uint8
+    big = _clip()
+    assert sv.upscale_frames(big) is big  # 64 px and up: untouched
+    raw = scorer.score(small)
+    assert set(raw) == set(sv.VBENCH_DIMENSIONS) and all(np.isfinite(v) for v in raw.values()), raw
+    assert raw == scorer.score(up)  # what was scored is the upscaled clip
+    as_is = sv.VBenchScorer(["dynamic_degree"], device="cpu", fps=FPS, models=scorer.models, weights="random",
+                            min_side=1)
+    with pytest.raises(RuntimeError, match="Output size is too small"):
+        as_is.score(small)
+
+
+def test_random_weights_are_labelled_and_explicit(scorer):
+    assert scorer.weights == "random" and scorer.name == f"vbench-0.1.5 ({sv.RANDOM_WEIGHTS_LABEL})"
+    assert sv.RANDOM_WEIGHTS_LABEL == "weights: random, values not meaningful"
+    with pytest.raises(ValueError, match="weights must be one of"):
+        sv.VBenchScorer(device="cpu", models=scorer.models, weights="fallback")
+
+
+def test_service_scores_with_random_weights(tmp_path):
+    """What a score_and_filter actor runs with vbench_weights=random: the service in this interpreter."""
+    import sys
+
+    from yume.tasks.scoring_service import SubprocessScorer
+
+    service = SubprocessScorer(sys.executable, "vbench", device="cpu", dimensions=["dynamic_degree", "imaging_quality"],
+                               weights="random")
+    try:
+        assert service.name == f"vbench-0.1.5 ({sv.RANDOM_WEIGHTS_LABEL})" and service.is_vbench
+        raw = service.score(_clip(frames=8, size=32), fps=FPS)
+        assert set(raw) == {"dynamic_degree", "imaging_quality"} and raw["dynamic_degree"] in (0.0, 1.0)
+    finally:
+        service.close()
+
+
+def test_service_refuses_missing_weights_without_fallback(tmp_path):
+    """weights=cache (the default) with an empty cache: the service does not start; nothing falls back to random."""
+    import sys
+
+    from yume.tasks.scoring_service import SubprocessScorer
+
+    env = {"VBENCH_CACHE_DIR": str(tmp_path / "vb"), "TORCH_HOME": str(tmp_path / "th")}
+    with pytest.raises(RuntimeError, match="(?s)VBenchWeightsMissing.*raft-things.pth"):
+        SubprocessScorer(sys.executable, "vbench", device="cpu", dimensions=["dynamic_degree"], env=env)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,8 @@ from yume.tasks.actions import ActionConfig
 from yume.workdir_lock import LockConfig
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
+# Profiles whose VBench scores select real training data: score_and_filter.vbench_weights=random is refused there.
+REAL_WEIGHTS_ONLY = ("yume15",)
 
 
 class ConfigError(ValueError):
@@ -211,6 +214,10 @@ class ScoreAndFilterConfig(StrictModel):
     selection: dict[Literal["real", "synthetic", "events"], SelectRule] = Field(default_factory=dict)
     vbench_python: str = Field(".venv-vbench/bin/python", description="interpreter of the vbench environment")
     vbench_dimensions: list[str] | None = Field(None, description="None: all six")
+    vbench_weights: Literal["cache", "random"] = Field(
+        "cache", description="cache: the real VBench weights from VBENCH_CACHE_DIR (missing files fail the run); random: "
+        "random-init backbones, to run vbench's code without the weights (tiny only; every row labelled 'weights: "
+        "random, values not meaningful')")
     resources: StageResources = StageResources()
 
     @model_validator(mode="after")
@@ -253,6 +260,13 @@ class Profile(StrictModel):
     shared_workdir: bool = Field(
         False, description="cluster profiles: the work directory must be an absolute path on storage every node "
         "mounts (a relative one would land in the worker's checkout, on one node's local disk)")
+
+    @model_validator(mode="after")
+    def _random_vbench_weights_not_on_yume15(self) -> "Profile":
+        if self.name in REAL_WEIGHTS_ONLY and self.score_and_filter.vbench_weights == "random":
+            raise ValueError(f"score_and_filter.vbench_weights: 'random' is refused on profile {self.name!r}: its "
+                             "selection must come from the real VBench weights (random-init scores are not meaningful)")
+        return self
 
     @model_validator(mode="after")
     def _shared_workdir_is_absolute(self) -> "Profile":
@@ -305,9 +319,12 @@ def _format_error(e: ValidationError, source: str, overrides=()) -> str:
     """One line per problem, blaming the ``--set`` argument that caused it when one did, else the profile file."""
     lines = []
     for err in e.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        key, msg = ".".join(str(p) for p in err["loc"]) or "<root>", err["msg"]
+        named = re.fullmatch(r"Value error, ([\w.]+): (.*)", msg, re.S) if key == "<root>" else None
+        if named:  # a whole-profile check that names the key it refuses
+            key, msg = named.groups()
         culprit = _override_for(key, overrides)
-        lines.append(f"--set {culprit}: {err['msg']}" if culprit else f"{key} (in {source}): {err['msg']}")
+        lines.append(f"--set {culprit}: {msg}" if culprit else f"{key} (in {source}): {msg}")
     return "invalid configuration:\n  " + "\n  ".join(lines) if len(lines) > 1 else "invalid configuration: " + lines[0]
 
 
