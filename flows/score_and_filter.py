@@ -119,7 +119,7 @@ def score_and_filter(profile: str = "tiny", workdir: str | None = None, override
         write_shard(manifest_dir, name, [by_id[it["id"]] for it in its], SCORES, extra={"cache_key": keys[name]})
 
     report_dir = stage_report_dir(cfg, STAGE)
-    figures = _histograms(rows, report_dir, tag)
+    figures = _histograms(rows, report_dir, policy.tag + (f",\n{label}" if label else ""))  # the label on a line of its own
     if figures:
         create_markdown_artifact(
             key="score-and-filter-histograms",
@@ -164,10 +164,10 @@ def _summary(rows: list[dict]) -> list[dict]:
 
 
 def _histograms(rows: list[dict], report_dir: Path, tag: str) -> list[tuple[str, Path]]:
-    figures = []
+    figures, one_line = [], tag.replace("\n", " ")  # titles of the artifact's images; the PNGs keep the break
     ok = [r for r in rows if r["status"] == "ok"]
     if ok:
-        figures.append((f"all sources ({tag})", score_histogram_png(
+        figures.append((f"all sources ({one_line})", score_histogram_png(
             [r["composite"] for r in ok], report_dir / "hist_all.png", title=f"composite score, {tag}")))
     for source in SOURCES:
         part = [r for r in ok if r["upstream_kind"] == source]
@@ -175,7 +175,7 @@ def _histograms(rows: list[dict], report_dir: Path, tag: str) -> list[tuple[str,
             continue
         chosen = [r["composite"] for r in part if r["selected"]]
         cut = min(chosen) if chosen and len(chosen) < len(part) else None
-        figures.append((f"{source} ({tag})", score_histogram_png(
+        figures.append((f"{source} ({one_line})", score_histogram_png(
             {r["id"]: r["composite"] for r in part}, report_dir / f"hist_{source}.png",
             title=f"{source}: composite score, {tag}", threshold=cut)))
     return figures
