@@ -319,6 +319,12 @@ class WorldSampler:
 
     # ---------------------------------------------------------------------------------- generation
 
+    def stream(self, images: np.ndarray | None = None, height: int | None = None, width: int | None = None,
+               seed: int | None = None, guidance: float | None = None, batch: int = 1) -> "ChunkStream":
+        """A rollout made one chunk at a time (``ChunkStream.step``): what ``generate`` loops over and what
+        ``yume play`` drives live, so a live session and ``generate`` make the same frames from the same seed."""
+        return ChunkStream(self, images, height, width, seed, guidance, batch)
+
     @torch.no_grad()
     def generate(self, actions: list[list[tuple[str, str]]], images: np.ndarray | None = None,
                  events: list[list[str | None]] | list[str | None] | None = None, height: int | None = None,
@@ -327,42 +333,21 @@ class WorldSampler:
         """Videos for a batch: ``actions[b][c]`` per clip and chunk; ``images`` [B, H, W, 3] (I2V) or None (T2V,
         then ``height``/``width`` are required and ``events`` should describe the scene). Returns uint8
         [B, T, H, W, 3], the I2V image first."""
-        b = len(actions)
         n_chunks = len(actions[0])
         if any(len(a) != n_chunks for a in actions):
             raise ValueError("every clip needs the same number of chunks")
         if events is None:
-            ev = [[None] * n_chunks for _ in range(b)]
+            ev = [[None] * n_chunks for _ in actions]
         elif events and not isinstance(events[0], (list, tuple)):
             ev = [[e] * n_chunks for e in events]
         else:
             ev = [list(e) for e in events]
-        g = torch.Generator(device=self.device).manual_seed(self.cfg.seed if seed is None else seed)
-        frames: list[np.ndarray] = []
-        if images is not None:
-            images = np.asarray(images)
-            height, width = images.shape[1:3]
-            history = self.image_history(images)
-            frames.append(images[:, None])
-        else:
-            if height is None or width is None:
-                raise ValueError("T2V needs height and width")
-            history = None
-        shape = self.latent_shape(b, height, width)
-        uncond = None
+        stream = self.stream(images, height, width, seed, guidance, batch=len(actions))
+        frames = [] if images is None else [np.asarray(images)[:, None]]
         for c in range(n_chunks):
-            text = self.text([actions[i][c] for i in range(b)], [ev[i][c] for i in range(b)])
-            hist = history
-            if hist is not None and self.cfg.max_history_frames and hist.shape[2] > self.cfg.max_history_frames:
-                keep = self.cfg.max_history_frames
-                hist = torch.cat([hist[:, :, :1], hist[:, :, -(keep - 1):]], 2) if keep > 1 else hist[:, :, -1:]
-            if (guidance if guidance is not None else self.cfg.guidance) != 1.0 and uncond is None:
-                uncond = self.empty_text(b)
-            z = self.denoise(shape, text, hist, g, uncond, guidance)
-            frames.append(self.decode_chunk(history, z))
-            history = z if history is None else torch.cat([history, z], 2)
+            frames.append(stream.step([a[c] for a in actions], [e[c] for e in ev]))
         video = np.concatenate(frames, axis=1)
-        return (video, history) if return_latents else video
+        return (video, stream.history) if return_latents else video
 
     @torch.no_grad()
     def next_chunk(self, history_frames: np.ndarray, actions: list[tuple[str, str]], events: list[str | None] | None = None,
@@ -383,6 +368,61 @@ class WorldSampler:
         z = self.denoise(shape, text, hist, g, guidance=guidance if use_actions else 1.0)
         return self.decode_chunk(hist, z)
 
+
+
+class ChunkStream:
+    """One rollout's state between chunks: the seeded generator, the clean history latents (TSCM compresses
+    them inside the model, so a chunk's cost stays flat) and the empty-text embedding for guidance.
+
+    I2V starts from ``images`` [B, H, W, 3] (tiled into clean history frames); T2V from nothing at
+    ``height`` x ``width`` (``batch`` clips). ``step`` denoises and decodes the next chunk for one action (and event text) per
+    clip. The history latents grow by one chunk per step (6 KB at the tiny size); the pooled overflow averages
+    every older frame, so they are all kept."""
+
+    def __init__(self, sampler: WorldSampler, images: np.ndarray | None, height: int | None, width: int | None,
+                 seed: int | None, guidance: float | None, batch: int = 1):
+        self.sampler = sampler
+        self.guidance = sampler.cfg.guidance if guidance is None else guidance
+        self.generator = torch.Generator(device=sampler.device).manual_seed(sampler.cfg.seed if seed is None else seed)
+        if images is not None:
+            images = np.asarray(images)
+            self.batch, height, width = images.shape[0], images.shape[1], images.shape[2]
+            self.history = sampler.image_history(images)
+        else:
+            if height is None or width is None:
+                raise ValueError("T2V needs height and width")
+            self.batch, self.history = batch, None
+        self.height, self.width = height, width
+        self.chunks = 0
+        self._uncond = None
+
+    @property
+    def history_frames(self) -> int:
+        """Latent frames of history the next chunk is conditioned on (before any ``max_history_frames`` cut)."""
+        return 0 if self.history is None else int(self.history.shape[2])
+
+    def conditioning_history(self) -> torch.Tensor | None:
+        """The history the model sees: all of it, or the first frame plus the newest ``max_history_frames`` - 1."""
+        hist, keep = self.history, self.sampler.cfg.max_history_frames
+        if hist is not None and keep and hist.shape[2] > keep:
+            hist = torch.cat([hist[:, :, :1], hist[:, :, -(keep - 1):]], 2) if keep > 1 else hist[:, :, -1:]
+        return hist
+
+    @torch.no_grad()
+    def step(self, actions: list[tuple[str, str] | None], events: list[str | None] | None = None) -> np.ndarray:
+        """The next chunk's frames [B, T, H, W, 3] uint8 for one (keys, mouse) action per clip."""
+        s = self.sampler
+        if len(actions) != self.batch:
+            raise ValueError(f"{len(actions)} actions for a batch of {self.batch}")
+        text = s.text(list(actions), list(events or [None] * self.batch))
+        if self.guidance != 1.0 and self._uncond is None:
+            self._uncond = s.empty_text(self.batch)
+        shape = s.latent_shape(self.batch, self.height, self.width)
+        z = s.denoise(shape, text, self.conditioning_history(), self.generator, self._uncond, self.guidance)
+        frames = s.decode_chunk(self.history, z)
+        self.history = z if self.history is None else torch.cat([self.history, z], 2)
+        self.chunks += 1
+        return frames
 
 def write_mp4(frames: np.ndarray, path: str | Path, fps: float, crf: int = 18) -> Path:
     """(T, H, W, 3) uint8 -> H.264 mp4 (even sizes are padded by edge replication)."""
@@ -461,4 +501,4 @@ def chunk_pixel_frames(codec, chunk: int) -> int:
     return chunk * codec.temporal_factor
 
 
-__all__ = ["WorldSampler", "generate_to_mp4", "parse_actions", "ChunkAction", "write_mp4", "load_image", "euler_grid", "renoise_grid"]
+__all__ = ["WorldSampler", "ChunkStream", "generate_to_mp4", "parse_actions", "ChunkAction", "write_mp4", "load_image", "euler_grid", "renoise_grid"]

@@ -46,18 +46,34 @@ class EvalWorlds:
     stride: int
 
 
-def render_eval_worlds(profile, chunk_len: int, stride: int) -> EvalWorlds:
-    from yume.datasets.procedural import ProceduralWorldConfig, render_action_clip
+def eval_world_config(profile):
+    """The held-out worlds' renderer configuration: the profile's worlds at the training size, the
+    evaluation's seed (no clip of the training set shares it) and no events."""
+    from yume.datasets.procedural import ProceduralWorldConfig
     from yume.datasets.training_set import trajectory_with
-    from yume.tasks.action_text import KEY_LABELS, MOUSE_LABELS
 
     e, t = profile.train.eval, profile.train
     base = profile.world or ProceduralWorldConfig()
-    cfg = base.model_copy(update={
+    return base.model_copy(update={
         "seed": e.seed, "height": t.height, "width": t.width, "supersample": e.supersample, "event_probability": 0.0,
         "trajectory": trajectory_with(base.trajectory, {**e.trajectory, "jitter_scale": e.jitter_scale,
                                                         "ramp_frames": e.ramp_frames}),
     })
+
+
+def held_out_first_frame(profile, clip: int = 0) -> np.ndarray:
+    """The first frame [H, W, 3] uint8 of held-out world ``clip``: a start image no training clip has seen."""
+    from yume.datasets.procedural import render_action_clip
+
+    return render_action_clip(clip, eval_world_config(profile), [("None", "·")], 2).frames[0]
+
+
+def render_eval_worlds(profile, chunk_len: int, stride: int) -> EvalWorlds:
+    from yume.datasets.procedural import render_action_clip
+    from yume.tasks.action_text import KEY_LABELS, MOUSE_LABELS
+
+    e = profile.train.eval
+    cfg = eval_world_config(profile)
     rng = np.random.default_rng(e.seed)
     frames, commanded = [], []
     for i in range(e.clips):

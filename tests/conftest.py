@@ -25,6 +25,28 @@ def ray_local():
     ray.shutdown()
 
 
+DISTILLED_SCHEDULE = {"schedule": "renoise", "renoise_timesteps": [1000.0, 750.0, 500.0, 250.0], "steps": 4,
+                      "shift": 5.0, "guidance": 1.0}
+
+
+@pytest.fixture(scope="session")
+def distilled_dir(tmp_path_factory):
+    """A random-init tiny world model exported as a distilled generator (4 re-noise steps, no guidance)."""
+    import json
+
+    from yume.models.config import tiny_model_config
+    from yume.models.train_config import TrainConfig
+    from yume.models.wan_dit import WanDiT
+
+    d = tmp_path_factory.mktemp("distilled") / "final"
+    cfg = tiny_model_config().model_copy(update={"dit_init": "random"})
+    WanDiT.from_config(cfg).save_pretrained(d)
+    (d / "yume_model.json").write_text(json.dumps({
+        "model_config": cfg.model_dump(mode="json"), "train_config": TrainConfig().model_dump(mode="json"),
+        "kind": "distilled", "sampler": DISTILLED_SCHEDULE}))
+    return d
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """The tiny random-init curation checkpoints (InternVL3, Wan2.1 T2V, Wan2.2 TI2V), built once."""

@@ -12,21 +12,7 @@ import pytest
 from yume.models.config import tiny_model_config
 from yume.models.train_config import SamplerConfig, TrainConfig
 
-DISTILLED = {"schedule": "renoise", "renoise_timesteps": [1000.0, 750.0, 500.0, 250.0], "steps": 4, "shift": 5.0,
-             "guidance": 1.0}
-
-
-@pytest.fixture(scope="module")
-def distilled_dir(tmp_path_factory):
-    from yume.models.wan_dit import WanDiT
-
-    d = tmp_path_factory.mktemp("distilled") / "final"
-    cfg = tiny_model_config().model_copy(update={"dit_init": "random"})
-    WanDiT.from_config(cfg).save_pretrained(d)
-    (d / "yume_model.json").write_text(json.dumps({
-        "model_config": cfg.model_dump(mode="json"), "train_config": TrainConfig().model_dump(mode="json"),
-        "kind": "distilled", "sampler": DISTILLED}))
-    return d
+from conftest import DISTILLED_SCHEDULE as DISTILLED  # noqa: E402  (the distilled_dir fixture's schedule)
 
 
 def test_resolve_schedule_takes_the_checkpoint_then_explicit_overrides():
