@@ -49,6 +49,7 @@ def evaluate_task(cfg, foundation: str | None, distilled: str | None, promoted: 
 def evaluate(profile: str = "tiny", workdir: str | None = None, overrides: list[str] | None = None,
              promote: bool = False) -> dict:
     from yume.models.distill_config import evaluate_config
+    from yume.play.launch import play_command
 
     started = time.perf_counter()
     cfg = load_profile(profile, workdir, overrides or [])
@@ -66,6 +67,7 @@ def evaluate(profile: str = "tiny", workdir: str | None = None, overrides: list[
         cur = metrics["candidates"].get("promoted") or (current or {}).get("metrics")
         metrics["promotion"] = {**promotion_decision(metrics["candidates"][name], cur if current else None,
                                                      ecfg.promotion.tolerances), "candidate": name, "applied": False}
+    metrics["play"] = play_command(cfg, read_promoted(cfg), ck / "distill" / "final")
     metrics["config_hash"] = stage_hash(cfg, *CONFIG_SECTIONS)
     metrics["wall_seconds"] = round(time.perf_counter() - started, 2)
     write_metrics(cfg, STAGE, metrics)

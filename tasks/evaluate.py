@@ -627,6 +627,10 @@ def write_html(metrics: dict, plots: dict[str, str], strips: dict[str, str], out
     p = metrics.get("promotion") or {}
     promo = (f"<p><b>Promotion</b>: {'promoted' if p.get('promote') else 'not promoted'} — "
              f"{html.escape(str(p.get('reason', 'not evaluated')))}</p>") if p else ""
+    play = metrics.get("play")
+    play_html = (f"<h2>Play it</h2><p>Explore {html.escape(play['what'])} live with W/A/S/D and the mouse: run "
+                 f"<code>{html.escape(play['command'])}</code>, then open <a href=\"{html.escape(play['url'])}\">"
+                 f"{html.escape(play['url'])}</a>.</p>") if play else ""
     w = metrics["worlds"]
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Yume evaluation</title>
@@ -639,7 +643,7 @@ figure{{display:inline-block;margin:4px}} img{{border:1px solid #ddd}} figcaptio
 every key and mouse label commanded ({w['key_labels']} keys, {w['mouse_labels']} mouse labels); event prompts on
 {w['clips_with_events']} worlds. Quality: <b>{html.escape(metrics['quality_scorer']['label'])}</b>.</p>
 <ul>{desc}</ul>
-<h2>Results</h2>{table}{promo}
+<h2>Results</h2>{table}{promo}{play_html}
 <h2>Comparisons</h2><ul>{comp}</ul>
 <h2>Plots</h2>{imgs}
 <h2>Samples</h2><p>Each strip: the first worlds' ground truth (upper rows), then the candidate's rollouts of the

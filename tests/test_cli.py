@@ -140,6 +140,11 @@ def test_demo_end_to_end(tmp_path):
     failures = floor_failures(evaluated["candidates"]["distilled_4step"], evaluated, PromotionFloors())
     assert summary["promotion"] is (not failures)
     assert (work / "checkpoints" / "promoted.json").is_file() is (not failures)
+    # The demo ends with the `yume play` command for the promoted generator (else the candidate).
+    play = evaluated["play"]
+    assert play["checkpoint"] == (json.loads((work / "checkpoints" / "promoted.json").read_text())["path"]
+                                  if not failures else str(work / "checkpoints" / "distill" / "final"))
+    assert f"\n  {play['command']}\n" in proc.stderr
     # Tamper with a shard: validate must now fail.
     part = next(manifest.glob("part-*.parquet"))
     part.write_bytes(part.read_bytes()[:-20])

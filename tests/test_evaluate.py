@@ -167,6 +167,14 @@ def test_evaluate_flow_writes_metrics_report_and_promotes(workdir, prefect_harne
     for src in [s.split('"')[0] for s in page.split('src="')[1:]]:
         assert (rep / src).is_file() and (rep / src).stat().st_size > 500, src
     assert (rep / "plots" / "joint_accuracy.png").is_file() and (rep / "strips" / "distilled_4step.png").is_file()
+    # The report says how to play the generator the gate chose: the promoted one, else the candidate.
+    import html
+
+    promoted = workdir / "checkpoints" / "promoted.json"
+    expected = json.loads(promoted.read_text())["path"] if not failures else str(workdir / "checkpoints" / "distill" / "final")
+    assert m["play"]["checkpoint"] == expected
+    assert m["play"]["command"] == f"yume play --profile tiny --checkpoint {expected}"
+    assert html.escape(m["play"]["command"]) in page and 'href="http://127.0.0.1:8765/"' in page
 
 
 @pytest.mark.slow

@@ -76,9 +76,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from yume.flows.retrain import retrain
     from yume.tasks.preflight import require_preflight
 
-    require_preflight(load_profile(args.profile, args.workdir, args.overrides))  # before Prefect starts
+    profile = load_profile(args.profile, args.workdir, args.overrides)
+    require_preflight(profile)  # before Prefect starts
 
-    return run_holding_workdir(args, lambda o: retrain(profile=args.profile, workdir=args.workdir, overrides=o))
+    code = run_holding_workdir(args, lambda o: retrain(profile=args.profile, workdir=args.workdir, overrides=o))
+    metrics = profile.workdir_path / "reports" / "evaluate" / "metrics.json"
+    play = json.loads(metrics.read_text()).get("play") if metrics.is_file() else None
+    if code == 0 and play:
+        print(f"Play {play['what']} in the browser:\n  {play['command']}\nthen open {play['url']}", file=sys.stderr)
+    return code
 
 
 def cmd_flow(args: argparse.Namespace) -> int:
@@ -150,6 +156,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from yume.tasks.bench_curation import main as bench
     elif args.what == "train":
         from yume.tasks.bench_train import main as bench
+    elif args.what == "play":
+        from yume.play.bench import main as bench
     else:  # pragma: no cover - argparse restricts choices
         raise ValueError(args.what)
     return bench(args.rest + (["--json"] if args.json else []))
@@ -204,11 +212,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint)
     if args.workdir and not checkpoint.is_absolute():
         checkpoint = profile.workdir_path / checkpoint
-    device = args.device
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device)
     # The checkpoint's recorded schedule is the default; only the sampler fields given with --set override it.
     explicit = {key: getattr(profile.sampler, key) for key in sampler_overrides(args.overrides)}
     try:
@@ -237,6 +241,37 @@ def sampler_overrides(overrides: list[str]) -> list[str]:
     """The ``sampler`` fields a list of ``--set KEY=VALUE`` assigns (``sampler.steps=4`` -> ``steps``)."""
     keys = [o.split("=", 1)[0].strip() for o in overrides]
     return [k.split(".", 1)[1].split(".")[0] for k in keys if k.startswith("sampler.") and "." in k]
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def cmd_play(args: argparse.Namespace) -> int:
+    from yume.config import load_profile
+    from yume.play.launch import build_server, play_url
+    from yume.play.server import PlayConfig, serve
+
+    profile = load_profile(args.profile, args.workdir, args.overrides)
+    sets = [o for o in args.overrides if o.split("=", 1)[0].strip().startswith("sampler.")]
+    explicit = {key: getattr(profile.sampler, key) for key in sampler_overrides(args.overrides)}
+    try:
+        cfg = PlayConfig(host=args.host, port=args.port, token=args.token or os.environ.get("YUME_PLAY_TOKEN"),
+                         max_sessions=args.max_sessions, seed=profile.sampler.seed if args.seed is None else args.seed)
+        server = build_server(args.checkpoint, profile, image=args.image, prompt=args.prompt, cfg=cfg,
+                              device=resolve_device(args.device), sampler_sets=tuple(sets), explicit=explicit)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"yume play: {server.checkpoint_name} ({server.sampler.schedule_line}); start: {server.start.description}",
+          file=sys.stderr)
+    print(f"open {play_url(server.cfg)}  (Ctrl+C stops)", file=sys.stderr)
+    serve(server)
+    return 0
 
 
 def cmd_model(args: argparse.Namespace) -> int:
@@ -315,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_actions)
 
     p = sub.add_parser("bench", help="benchmarks that print figures", parents=[common])
-    p.add_argument("what", choices=["actions", "tscm", "curation", "train"])
+    p.add_argument("what", choices=["actions", "tscm", "curation", "train", "play"])
     p.add_argument("--json", action="store_true", help="one JSON line on stdout")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options (e.g. --profile, --device)")
     p.set_defaults(fn=cmd_bench)
@@ -345,6 +380,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="store_true", help="label each chunk's motion with the instruction-following "
                    "metric and print commanded vs measured (stderr; `labels` in the JSON)")
     p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("play", help="explore a checkpoint live in the browser (W/A/S/D, arrows or mouse)",
+                       parents=[profiled],
+                       description="Serves a page on which the held keys drive the world model chunk by chunk "
+                       "(the checkpoint's recorded schedule, TSCM-bounded history). Start: --image, --prompt, or "
+                       "a held-out world's first frame. A non-loopback --host needs --token (or YUME_PLAY_TOKEN).")
+    p.add_argument("--checkpoint", required=True, help="a local exported model directory, e.g. "
+                   "runs/tiny/checkpoints/distill/final")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--image", help="start image (default: a held-out world's first frame)")
+    start.add_argument("--prompt", help="scene text (T2V start)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--token", default=None, help="required by the WebSocket handshake (default $YUME_PLAY_TOKEN)")
+    p.add_argument("--max-sessions", type=int, default=4, help="browser tabs served at once (default 4)")
+    p.add_argument("--seed", type=int, default=None, help="noise seed (default: the profile's sampler.seed)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.set_defaults(fn=cmd_play)
 
     p = sub.add_parser("model", help="world model utilities", parents=[profiled])
     p.add_argument("action", choices=["info"])
