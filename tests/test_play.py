@@ -316,3 +316,31 @@ def test_play_refuses_remote_checkpoints_and_an_open_host_without_token(distille
     assert "no such directory" in capsys.readouterr().err
     assert main(["play", "--checkpoint", str(distilled_dir), "--host", "0.0.0.0"]) == 2
     assert "needs --token or YUME_PLAY_TOKEN" in capsys.readouterr().err
+
+
+def test_the_server_serves_its_page_and_nothing_else(make_server):
+    import urllib.error
+    import urllib.request
+
+    server = make_server()
+    with running(server) as port:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/") as r:
+            assert r.status == 200 and b"<title>yume play</title>" in r.read()
+        for path in ("/page.html", "/docs", "/openapi.json", "/..%2fpyproject.toml", "/yume_model.json"):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{path}")
+            assert e.value.code == 404, path
+
+
+def test_bench_play_reports_every_figure_from_a_real_server(distilled_dir, capsys):
+    from yume.play.bench import main
+
+    assert main(["--checkpoint", str(distilled_dir), "--chunks", "14", "--rss-at", "6", "--change-every", "2",
+                 "--inprocess-chunks", "4", "--warmup", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("frames_per_second", "inprocess_frames_per_second", "chunk_seconds", "latency_p50_s",
+                "latency_p95_s", "rss_ratio_500_over_50"):
+        assert isinstance(out[key], float) and out[key] > 0, key
+    assert out["frames_per_chunk"] == 4 and out["latency_samples"] >= 3
+    assert out["frames_per_second"] == pytest.approx(4 / out["chunk_seconds"], rel=0.01)
+    assert out["goals"]["serving_ratio>=0.9"] is (out["serving_ratio"] >= 0.9)
