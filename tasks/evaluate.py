@@ -120,8 +120,9 @@ def build_scorer(profile, ecfg):
         return LiteScorer(), LITE_POLICY_V1
     from yume.tasks.scoring_service import SubprocessScorer
 
-    s = profile.score_and_filter
-    return SubprocessScorer(s.vbench_python, "vbench", dimensions=s.vbench_dimensions), VBENCH_POLICY_V1
+    s = profile.score_and_filter  # its weights too: random-init ones name themselves in the report's quality label
+    return (SubprocessScorer(s.vbench_python, "vbench", dimensions=s.vbench_dimensions, weights=s.vbench_weights),
+            VBENCH_POLICY_V1)
 
 
 def quality(scorer, policy, videos: list[np.ndarray]) -> dict[str, float]:

@@ -34,6 +34,22 @@ def test_action_script_covers_every_key_and_mouse_label():
 TOL = {"joint_accuracy": ("max", 0.05), "first_chunk_mse": ("min", 0.005)}
 
 
+def test_evaluate_scores_with_the_filtering_stages_vbench_weights(monkeypatch):
+    """Was: evaluate started the VBench service without score_and_filter.vbench_weights, so the demo with
+    vbench_weights=random failed there (VBenchWeightsMissing) after score_and_filter had scored with random weights."""
+    import yume.tasks.scoring_service as service
+    from yume.tasks.evaluate import build_scorer
+    from yume.tasks.scoring import VBENCH_POLICY_V1
+
+    calls = []
+    monkeypatch.setattr(service, "SubprocessScorer", lambda *a, **kw: calls.append((a, kw)) or "scorer")
+    vbench = ["score_and_filter.scorer=vbench", "score_and_filter.policy=vbench-leaderboard@1"]
+    for weights in ("random", "cache"):
+        cfg = load_profile("tiny", overrides=[*vbench, f"score_and_filter.vbench_weights={weights}"])
+        assert build_scorer(cfg, cfg.distill.evaluate) == ("scorer", VBENCH_POLICY_V1)
+        assert calls[-1][0][1] == "vbench" and calls[-1][1]["weights"] == weights
+
+
 def test_promotion_blocks_a_regression_beyond_tolerance_and_passes_within():
     from yume.tasks.evaluate import promotion_decision
 
