@@ -54,3 +54,34 @@ def tiny_models(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny-models")
     return {name: ensure_tiny_model(name, root) for name in TINY_MODELS}
+
+
+# --fail-on-skip: the run inside .venv-vbench (`make test`) passes it, so that a test module skipped at
+# collection (tests/test_scoring_vbench.py's importorskip) or a test skipped at run time is a failure there,
+# never a quiet "skipped". The main environment's run keeps its skips.
+def pytest_addoption(parser):
+    parser.addoption("--fail-on-skip", action="store_true",
+                     help="report every skip (at collection or in a test) as a failure")
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    return longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and collector.config.getoption("fail_on_skip"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped at collection under --fail-on-skip: {_skip_reason(report)}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail") and item.config.getoption("fail_on_skip"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under --fail-on-skip: {_skip_reason(report)}"
