@@ -151,9 +151,9 @@ def test_bad_frames_rejected(scorer):
 
 def test_frames_under_64_px_are_upscaled_for_raft(scorer):
     """The tiny profile's 32 px frames: vbench's RAFT fails on them as they are; the scorer upscales them first."""
-    small = _clip(size=32)
+    small = _clip(frames=8, size=32)
     up = sv.upscale_frames(small)
-    assert up.shape == (16, 64, 64, 3) and up.dtype == np.uint8
+    assert up.shape == (8, 64, 64, 3) and up.dtype == np.uint8
     big = _clip()
     assert sv.upscale_frames(big) is big  # 64 px and up: untouched
     raw = scorer.score(small)
