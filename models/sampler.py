@@ -376,8 +376,12 @@ class ChunkStream:
 
     I2V starts from ``images`` [B, H, W, 3] (tiled into clean history frames); T2V from nothing at
     ``height`` x ``width`` (``batch`` clips). ``step`` denoises and decodes the next chunk for one action (and event text) per
-    clip. The history latents grow by one chunk per step (6 KB at the tiny size); the pooled overflow averages
-    every older frame, so they are all kept."""
+    clip.
+
+    Memory: TSCM bounds what the model attends to, but its pooled overflow averages every older frame, so with
+    ``max_history_frames`` unset all history latents are kept (48 KB per chunk at the tiny size; a long session
+    grows without bound). With it set, only the first frame and the newest frames the cut or the decoder's overlap
+    can still use are kept: memory and cost per chunk are then flat, and the frames are the same as keeping all."""
 
     def __init__(self, sampler: WorldSampler, images: np.ndarray | None, height: int | None, width: int | None,
                  seed: int | None, guidance: float | None, batch: int = 1):
@@ -394,12 +398,13 @@ class ChunkStream:
             self.batch, self.history = batch, None
         self.height, self.width = height, width
         self.chunks = 0
+        self._frames_made = 0 if self.history is None else int(self.history.shape[2])
         self._uncond = None
 
     @property
     def history_frames(self) -> int:
-        """Latent frames of history the next chunk is conditioned on (before any ``max_history_frames`` cut)."""
-        return 0 if self.history is None else int(self.history.shape[2])
+        """Latent frames made so far, start frames included (before any ``max_history_frames`` cut)."""
+        return self._frames_made
 
     def conditioning_history(self) -> torch.Tensor | None:
         """The history the model sees: all of it, or the first frame plus the newest ``max_history_frames`` - 1."""
@@ -421,8 +426,20 @@ class ChunkStream:
         z = s.denoise(shape, text, self.conditioning_history(), self.generator, self._uncond, self.guidance)
         frames = s.decode_chunk(self.history, z)
         self.history = z if self.history is None else torch.cat([self.history, z], 2)
+        self._frames_made += int(z.shape[2])
+        self._drop_unreachable_history()
         self.chunks += 1
         return frames
+
+    def _drop_unreachable_history(self) -> None:
+        """Keep the first frame and the newest ``max(max_history_frames - 1, decode_overlap, 1)``: no later chunk
+        can read the frames between (``conditioning_history`` and ``decode_chunk`` are the only readers)."""
+        keep = self.sampler.cfg.max_history_frames
+        if not keep:
+            return
+        tail = max(keep - 1, self.sampler.cfg.decode_overlap, 1)
+        if self.history.shape[2] > 1 + tail:
+            self.history = torch.cat([self.history[:, :, :1], self.history[:, :, -tail:]], 2)
 
 def write_mp4(frames: np.ndarray, path: str | Path, fps: float, crf: int = 18) -> Path:
     """(T, H, W, 3) uint8 -> H.264 mp4 (even sizes are padded by edge replication)."""

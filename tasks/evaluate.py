@@ -191,27 +191,15 @@ def candidates(profile, ecfg, foundation: str | Path | None, distilled: str | Pa
 
 def timed_rollout(sampler, image: np.ndarray, actions: list[tuple[str, str]], events: list[str | None], seed: int
                   ) -> tuple[np.ndarray, list[float]]:
-    """A batch-1 rollout as ``WorldSampler.generate`` does it, timing each chunk (text, denoise, decode)."""
-    import torch
-
-    g = torch.Generator(device=sampler.device).manual_seed(seed)
-    with torch.no_grad():
-        history = sampler.image_history(image[None])
-        shape = sampler.latent_shape(1, *image.shape[:2])
-        times, frames = [], [image[None, None]]
-        for c in range(len(actions)):
-            _sync(sampler.device)
-            t0 = time.perf_counter()
-            text = sampler.text([actions[c]], [events[c]])
-            hist = history
-            keep = sampler.cfg.max_history_frames
-            if keep and hist.shape[2] > keep:
-                hist = torch.cat([hist[:, :, :1], hist[:, :, -(keep - 1):]], 2) if keep > 1 else hist[:, :, -1:]
-            z = sampler.denoise(shape, text, hist, g)
-            frames.append(sampler.decode_chunk(history, z))
-            history = torch.cat([history, z], 2)
-            _sync(sampler.device)
-            times.append(time.perf_counter() - t0)
+    """A batch-1 rollout with ``WorldSampler.generate``'s own stream, timing each chunk (text, denoise, decode)."""
+    stream = sampler.stream(image[None], seed=seed)
+    times, frames = [], [image[None, None]]
+    for c in range(len(actions)):
+        _sync(sampler.device)
+        t0 = time.perf_counter()
+        frames.append(stream.step([actions[c]], [events[c]]))
+        _sync(sampler.device)
+        times.append(time.perf_counter() - t0)
     return np.concatenate(frames, 1)[0], times
 
 

@@ -101,8 +101,8 @@ def make_server(distilled_dir, tmp_path):
 
     profile = load_profile("tiny", tmp_path / "work")
 
-    def make(**cfg):
-        return build_server(distilled_dir, profile, cfg=PlayConfig(port=0, **cfg))
+    def make(history_frames: int = 256, **cfg):
+        return build_server(distilled_dir, profile, cfg=PlayConfig(port=0, **cfg), history_frames=history_frames)
 
     return make
 
@@ -173,7 +173,7 @@ def test_a_session_streams_the_held_action_and_survives_bad_input(make_server, c
 def test_a_recording_replays_to_the_same_frames_with_yume_generate(make_server, tmp_path, monkeypatch):
     from yume.cli import main
 
-    server = make_server()
+    server = make_server(history_frames=10)  # the cap drops history within the session: the replay must too
     with running(server) as port, connect(port) as ws:
         json.loads(ws.recv(timeout=60))
         send_input(ws, 1, ["W"])
@@ -203,7 +203,7 @@ def test_a_recording_replays_to_the_same_frames_with_yume_generate(make_server, 
     assert {"S+D:←", "None:↓"} <= {f"{a['keys']}:{a['mouse']}" for a in actions}
     assert any(a["event"] == "street lights come on" for a in actions)
     argv = shlex.split((folder / "replay.sh").read_text().splitlines()[-1])
-    assert argv[:2] == ["yume", "generate"] and "--seed" in argv
+    assert argv[:2] == ["yume", "generate"] and "--seed" in argv and "sampler.max_history_frames=10" in argv
     monkeypatch.chdir(folder)
     assert main(argv[1:]) == 0
     assert (folder / "replay.mp4").read_bytes() == (folder / "session.mp4").read_bytes()
@@ -344,3 +344,27 @@ def test_bench_play_reports_every_figure_from_a_real_server(distilled_dir, capsy
     assert out["frames_per_chunk"] == 4 and out["latency_samples"] >= 3
     assert out["frames_per_second"] == pytest.approx(4 / out["chunk_seconds"], rel=0.01)
     assert out["goals"]["serving_ratio>=0.9"] is (out["serving_ratio"] >= 0.9)
+
+
+def test_a_history_cap_keeps_memory_flat_and_the_frames_of_keeping_everything(distilled_dir):
+    """With ``max_history_frames`` set, the stream keeps only the frames a later chunk can read; the frames equal
+    a reference rollout that keeps every latent and cuts each chunk's conditioning itself."""
+    import torch
+
+    from yume.models.sampler import WorldSampler
+
+    sampler = WorldSampler.from_checkpoint(distilled_dir, explicit={"max_history_frames": 6})
+    image = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+    actions = [("W", "→"), ("None", "·"), ("S+A", "↑")] * 4
+    stream = sampler.stream(image, seed=3)
+    got = [stream.step([a]) for a in actions]
+    assert stream.history.shape[2] == 1 + 5 and stream.history_frames == 5 + 12 * 4
+
+    g = torch.Generator().manual_seed(3)  # reference: all latents kept, the cut applied per chunk
+    history, ref = sampler.image_history(image), []
+    for a in actions:
+        hist = torch.cat([history[:, :, :1], history[:, :, -5:]], 2) if history.shape[2] > 6 else history
+        z = sampler.denoise(sampler.latent_shape(1, 32, 32), sampler.text([a], [None]), hist, g)
+        ref.append(sampler.decode_chunk(history, z))
+        history = torch.cat([history, z], 2)
+    assert all(np.array_equal(x, y) for x, y in zip(got, ref))

@@ -263,7 +263,8 @@ def cmd_play(args: argparse.Namespace) -> int:
         cfg = PlayConfig(host=args.host, port=args.port, token=args.token or os.environ.get("YUME_PLAY_TOKEN"),
                          max_sessions=args.max_sessions, seed=profile.sampler.seed if args.seed is None else args.seed)
         server = build_server(args.checkpoint, profile, image=args.image, prompt=args.prompt, cfg=cfg,
-                              device=resolve_device(args.device), sampler_sets=tuple(sets), explicit=explicit)
+                              device=resolve_device(args.device), sampler_sets=tuple(sets), explicit=explicit,
+                              history_frames=args.history_frames or None)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -397,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sessions", type=int, default=4, help="browser tabs served at once (default 4)")
     p.add_argument("--seed", type=int, default=None, help="noise seed (default: the profile's sampler.seed)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--history-frames", type=int, default=256, help="latent history frames a session keeps when "
+                   "the profile sets no sampler.max_history_frames (default 256; 0 keeps all: memory then grows)")
     p.set_defaults(fn=cmd_play)
 
     p = sub.add_parser("model", help="world model utilities", parents=[profiled])

@@ -11,6 +11,11 @@ from .session import PlayStart, ReplayCommand
 
 log = logging.getLogger("yume.play")
 
+# Latent history frames a play session keeps when the profile sets none (``sampler.max_history_frames``): the first
+# frame, TSCM's tiers and a pooled overflow over the rest of this window. Memory and cost per chunk stay flat however
+# long someone plays (with no cap every latent is kept: the pooled overflow averages all older frames).
+DEFAULT_HISTORY_FRAMES = 256
+
 
 def local_checkpoint(path: str | Path) -> Path:
     """The checkpoint must be an exported model directory on this machine (no URLs, no hub ids)."""
@@ -48,11 +53,17 @@ def play_start(sampler, profile, image: str | None, prompt: str | None) -> PlayS
 
 def build_server(checkpoint: str | Path, profile, *, image: str | None = None, prompt: str | None = None,
                  cfg: PlayConfig | None = None, device: str = "cpu", sampler_sets: tuple[str, ...] = (),
-                 explicit: dict | None = None) -> PlayServer:
+                 explicit: dict | None = None, history_frames: int | None = DEFAULT_HISTORY_FRAMES) -> PlayServer:
     """Load the checkpoint once (its recorded schedule, the profile's ``sampler`` under it, ``explicit``
-    over both: exactly what ``yume generate`` would use) and make the server."""
+    over both: exactly what ``yume generate`` would use) and make the server. ``history_frames`` caps the
+    history (``sampler.max_history_frames``) where neither the profile nor ``explicit`` does; the replay
+    command then carries the same ``--set``."""
     from yume.models.sampler import WorldSampler
 
+    explicit, sampler_sets = dict(explicit or {}), tuple(sampler_sets)
+    if history_frames and "max_history_frames" not in explicit and profile.sampler.max_history_frames is None:
+        explicit["max_history_frames"] = history_frames
+        sampler_sets += (f"sampler.max_history_frames={history_frames}",)
     ckpt = local_checkpoint(checkpoint)
     cfg = cfg or PlayConfig(seed=profile.sampler.seed)
     if cfg.token is None and os.environ.get("YUME_PLAY_TOKEN"):
