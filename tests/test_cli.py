@@ -125,7 +125,10 @@ def test_demo_end_to_end(tmp_path):
         for key, value in numbers(json.loads(report.read_text())):
             assert math.isfinite(value), (report.parent.name, key, value)
             leaf = key.rsplit(".", 1)[-1]
-            if leaf.endswith("accuracy") or leaf in {"if_score", "rollout_if_score", "quality_score"}:
+            # A fraction, except the evaluate comparisons' differences (distilled_minus_renoise4_joint_accuracy
+            # is below 0 whenever the distilled generator scores lower: a CI run failed on -0.016).
+            fraction = leaf.endswith("accuracy") or leaf in {"if_score", "rollout_if_score", "quality_score"}
+            if fraction and "_minus_" not in leaf:
                 assert 0.0 <= value <= 1.0, (report.parent.name, key, value)
     for name, cand in evaluated["candidates"].items():
         assert cand["fps"] > 0 and 0 < cand["first_chunk_mse"] < 1, name
