@@ -26,6 +26,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from yume.config import load_profile, stage_hash
 from yume.flows.reporting import stage_report_dir, write_metrics
+from yume.flows.upstream import require_upstream
 from yume.flows.stage_utils import png_markdown
 from yume.tasks.distill import (
     DistillRun,
@@ -53,6 +54,7 @@ def fit_task(run: DistillRun) -> dict:
 def distill(profile: str = "tiny", workdir: str | None = None, overrides: list[str] | None = None) -> dict:
     started = time.perf_counter()
     cfg = load_profile(profile, workdir, overrides or [])
+    require_upstream("distill", cfg)
     run = prepare_distill_run(cfg)
     done = Path(run.run_dir) / "done.json"
     last = last_checkpoint(run.ckpt_dir)

@@ -22,6 +22,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from yume.config import load_profile, stage_hash
 from yume.flows.reporting import stage_report_dir, write_metrics
+from yume.flows.upstream import require_upstream
 from yume.tasks.evaluate import (
     STAGE,
     maybe_promote,
@@ -53,6 +54,7 @@ def evaluate(profile: str = "tiny", workdir: str | None = None, overrides: list[
 
     started = time.perf_counter()
     cfg = load_profile(profile, workdir, overrides or [])
+    require_upstream("evaluate", cfg)
     ecfg = evaluate_config(cfg)
     ck = cfg.workdir_path / "checkpoints"
     current = read_promoted(cfg)

@@ -29,6 +29,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from yume.config import load_profile, stage_hash
 from yume.flows.reporting import stage_report_dir, write_metrics
+from yume.flows.upstream import require_upstream
 from yume.flows.stage_utils import png_markdown
 from yume.tasks.train_foundation import (
     TrainRun,
@@ -106,6 +107,7 @@ def _throughput(profile, run: TrainRun, summary: dict) -> dict:
 def train_foundation(profile: str = "tiny", workdir: str | None = None, overrides: list[str] | None = None) -> dict:
     started = time.perf_counter()
     cfg = load_profile(profile, workdir, overrides or [])
+    require_upstream("train_foundation", cfg)
     run = prepare_run(cfg)
     done = Path(run.run_dir) / "done.json"
     last = last_checkpoint(run.ckpt_dir)

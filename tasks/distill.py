@@ -68,13 +68,11 @@ def distill_dir(profile) -> Path:
 
 
 def foundation_path(profile) -> Path:
-    d = profile.distill.foundation
-    p = Path(d).expanduser() if d else profile.workdir_path / "checkpoints" / "foundation" / "final"
-    if not p.is_absolute():
-        p = profile.workdir_path / p
-    if not p.exists():
-        raise ValueError(f"foundation weights {p} do not exist: run train_foundation first (or set distill.foundation)")
-    return p
+    """The foundation weights to distill; MissingUpstreamError (named producer, no traceback) if absent."""
+    from yume.flows.upstream import foundation_weights, require_checkpoints
+
+    require_checkpoints("distill", profile)
+    return foundation_weights(profile)
 
 
 def weights_digest(path: str | Path) -> str:
