@@ -26,7 +26,6 @@ from prefect.artifacts import create_markdown_artifact
 
 from yume.config import load_profile, stage_hash
 from yume.flows.reporting import stage_report_dir, write_metrics
-from yume.flows.upstream import require_upstream
 from yume.flows.stage_utils import png_markdown
 from yume.tasks.distill import (
     DistillRun,
@@ -54,8 +53,7 @@ def fit_task(run: DistillRun) -> dict:
 def distill(profile: str = "tiny", workdir: str | None = None, overrides: list[str] | None = None) -> dict:
     started = time.perf_counter()
     cfg = load_profile(profile, workdir, overrides or [])
-    require_upstream("distill", cfg)
-    run = prepare_distill_run(cfg)
+    run = prepare_distill_run(cfg)  # checks the foundation first (upstream.require_checkpoints), for any caller
     done = Path(run.run_dir) / "done.json"
     last = last_checkpoint(run.ckpt_dir)
     finished = done.is_file() and last is not None and json.loads(done.read_text()).get("checkpoint") == str(last) \

@@ -29,8 +29,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from yume.config import load_profile, stage_hash
 from yume.flows.reporting import stage_report_dir, write_metrics
-from yume.flows.upstream import require_upstream
 from yume.flows.stage_utils import png_markdown
+from yume.flows.upstream import require_upstream
 from yume.tasks.train_foundation import (
     TrainRun,
     export_final,

@@ -2,8 +2,9 @@
 
 A stage whose upstream manifest is missing (or holds no complete shard), or whose upstream checkpoint does not
 exist (distill and evaluate read train_foundation's / distill's final weights), fails with a message naming the
-stage that makes it, instead of succeeding on nothing or failing deep inside the flow. The CLI runs the same check before Prefect starts, so the
-error comes in a second and without a traceback; a deployment run gets it from the flow.
+stage that makes it, instead of succeeding on nothing or failing deep inside the flow. The CLI runs the same
+check before Prefect starts, so the error comes in a second and without a traceback; a deployment run gets it
+from the flow (distill: from ``prepare_distill_run``, which every caller goes through).
 
 Kept import-light (config and manifest helpers only): the CLI calls it for every `yume flow`.
 """
@@ -50,9 +51,9 @@ def foundation_weights(cfg: Profile) -> Path:
 def require_checkpoints(stage: str, cfg: Profile) -> None:
     """Raise MissingUpstreamError when distill has no foundation to start from, or evaluate no candidate."""
     ck = cfg.workdir_path / "checkpoints"
-    if stage == "distill" and not foundation_weights(cfg).exists():
+    if stage == "distill" and not (foundation := foundation_weights(cfg)).exists():
         raise MissingUpstreamError(
-            f"distill starts from the foundation weights {foundation_weights(cfg)}, which do not exist: run "
+            f"distill starts from the foundation weights {foundation}, which do not exist: run "
             f"`yume flow train_foundation` first (or set distill.foundation), or `yume demo` for the whole DAG.")
     if stage == "evaluate" and not any((ck / d / "final").exists() for d in ("foundation", "distill")):
         raise MissingUpstreamError(

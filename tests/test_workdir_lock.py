@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_cli import run_light
 
 from yume.workdir_lock import (LOCK_NAME, Holder, LockConfig, WorkdirLock, WorkdirLockedError, hold_workdir,
                                read_holder, stale_reason)
@@ -117,15 +118,11 @@ def test_the_lock_is_reentrant_within_a_process(tmp_path):
 def test_the_cli_refuses_a_busy_workdir_fast_with_exit_75(tmp_path):
     holder = start_holder(tmp_path, tmp_path / "held")
     try:
-        # Python's import log shows whether torch / Prefect were loaded: a wall-time bound here was flaky.
-        out = subprocess.run([str(Path(sys.executable).with_name("yume")), "flow", "curate_real", "--workdir",
-                              str(tmp_path)], capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+        # What was imported, not a wall-time bound (flaky): torch and Prefect never loaded.
+        out, heavy = run_light("flow", "curate_real", "--workdir", str(tmp_path), timeout=120)
     finally:
         holder.kill(), holder.wait()
-    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
-    stderr = "\n".join(line for line in out.stderr.splitlines() if not line.startswith("import time:"))
-    assert out.returncode == 75, stderr
-    assert f"pid {holder.pid}" in stderr and "--wait" in stderr and "Traceback" not in stderr
-    assert not imported & {"torch", "prefect", "lightning", "ray"}  # refused before Prefect's server could start
+    assert out.returncode == 75, out.stderr
+    assert f"pid {holder.pid}" in out.stderr and "--wait" in out.stderr and "Traceback" not in out.stderr
+    assert heavy == []  # refused before Prefect's server could start
     assert not (tmp_path / "manifests").exists()
